@@ -1,0 +1,42 @@
+"""maestro_jax: a JAX/Flax reimplementation of Maestro (multi-source audio-to-video diffusion)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="maestro_jax",
+    version="0.1.0",
+    description="Maestro multi-source audio-to-video diffusion in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["maestro_jax", "maestro_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "tensorflow-datasets",
+        "librosa",
+        "numpy",
+        "einops",
+        "ml_collections",
+        "absl-py",
+        "chex",
+        # Reading the released safetensors checkpoints and the golden fixtures (no torch).
+        "safetensors",
+        # CLIP BPE tokenizer cleaning, exactly as open_clip does it.
+        "ftfy",
+        "regex",
+        # A self-contained ffmpeg (h264 + aac) for writing and muxing videos.
+        "imageio-ffmpeg",
+        # WAV/FLAC reading and a well-kept resampler.
+        "soundfile",
+        "soxr",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "ruff"],
+        # torch only reads real .ckpt/.pth files; the pinned CPU wheel avoids a CUDA download.
+        "convert": ["torch==2.13.0", "safetensors"],
+        "gpu": ["jax[cuda12]"],
+    },
+)

@@ -1,0 +1,42 @@
+"""Test setup: 8 simulated CPU devices (set before JAX initialises) and the shared fixtures."""
+
+import os
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MAESTRO_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+AUDIO = SHARED / "audio"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        raise FileNotFoundError(
+            f"golden fixtures not found at {FIXTURES}; set MAESTRO_SHARED to the shared/ folder"
+        )
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    if not AUDIO.is_dir():
+        raise FileNotFoundError(f"shared audio not found at {AUDIO}; set MAESTRO_SHARED")
+    return AUDIO
+
+
+@pytest.fixture(scope="session")
+def cpu_mesh():
+    """A ('data', 'fsdp') mesh of the 8 simulated CPU devices (4 x 2)."""
+    from maestro_jax.sharding import make_mesh
+
+    assert jax.device_count() == 8, jax.devices()
+    return make_mesh((4, 2), ("data", "fsdp"))
