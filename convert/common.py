@@ -231,7 +231,7 @@ def apply_table(
                 f"{tuple(leaf.shape)}"
             )
             continue
-        out[path] = w if shapes_only else np.ascontiguousarray(w, dtype=dtype)
+        out[path] = w if shapes_only else np.array(w, dtype=dtype, order="C", copy=True)
     unexpected = sorted(k for k in sd if k not in used and not _ignored(k, ignore))
     problems += [f"unexpected key in checkpoint: {k}" for k in unexpected]
     if problems:

@@ -31,7 +31,7 @@ KINDS = {
     "vc2_vae": "convert.vae:verify_vc2_vae",
     "openclip_text": "convert.clip_text:verify_openclip_text",
     "clip_tokenizer": "convert.clip_text:verify_clip_tokenizer",
-    "imagebind_fbank": "convert.imagebind:verify_imagebind_fbank",
+    "imagebind_fbank": "convert.fbank:verify_imagebind_fbank",
     "imagebind_audio": "convert.imagebind:verify_imagebind_audio",
     "cim_resampler": "convert.cim:verify_cim_resampler",
     "object_locating": "convert.mosaic:verify_object_locating",

@@ -1,0 +1,1 @@
+"""Flax models: UNet, VAE, text encoders, ImageBind, CIM, AudioSep, I3D."""

@@ -1,0 +1,491 @@
+"""Attention Mosaic: contexts, boxes, rasterisation, Object Locating and Mosaic Denoising.
+
+References: the `object_locating` fixture (release `dd_core`) and float64 numpy re-implementations
+written here from maestro.md (naive loops over sources and cells).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from convert.mosaic import verify_object_locating
+from maestro_jax import mosaic
+from maestro_jax.nn.attention import dot_product_attention
+
+L, DC, HEADS, DH, NQ, OFF = 77, 16, 2, 8, 4, 1
+RES = ((6, 8), (3, 4))
+SCALE = DH**-0.5
+
+
+# ------------------------------------------------------------------------- shared tiny setup
+
+
+def _setup(n_a=3, n_f=4, n_seg=2, seed=0):
+    rng = np.random.default_rng(seed)
+    null = rng.normal(size=(L, DC)).astype(np.float32)
+    audio = rng.normal(size=(n_a, n_seg, NQ, DC)).astype(np.float32)
+    wk = rng.normal(size=(DC, HEADS * DH)).astype(np.float32) / 4
+    wv = rng.normal(size=(DC, HEADS * DH)).astype(np.float32)
+    return null, audio, wk, wv
+
+
+def _project(wk, wv):
+    def project_kv(ctx):
+        k = jnp.einsum("...ld,de->...le", ctx, wk, precision="highest")
+        v = jnp.einsum("...ld,de->...le", ctx, wv, precision="highest")
+        return (
+            k.reshape(*k.shape[:-1], HEADS, DH),
+            v.reshape(*v.shape[:-1], HEADS, DH),
+        )
+
+    return project_kv
+
+
+def _np_attend(q, k, v, scale):
+    """q [T, H, dh], k/v [L, H, dh] float64 -> [T, H, dh]."""
+    s = np.einsum("thd,lhd->htl", q, k) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("htl,lhd->thd", p, v)
+
+
+# Random boxes at the two resolutions, with overlapping, touching and one-cell boxes.
+BOXES_A = (
+    mosaic.Boxes.static((0.0, 0.0, 1.0, 1.0)),  # full-frame background box
+    mosaic.Boxes.static((0.0, 0.1, 0.5, 0.9)),  # touches box 2's left edge
+    mosaic.Boxes.keyframed([(0.0, (0.5, 0.2, 1.0, 0.8)), (1.0, (0.25, 0.34, 0.5, 0.66))]),
+)
+BOXES_B = (  # gaps between boxes (background cells), a one-cell box at 3x4
+    mosaic.Boxes.static((0.0, 0.0, 0.3, 0.4)),
+    mosaic.Boxes.static((0.25, 0.34, 0.5, 0.66)),  # exactly one cell at 3x4
+    mosaic.Boxes.static((0.7, 0.5, 1.0, 1.0)),
+)
+
+
+def _contexts(null, audio, n_f):
+    return mosaic.build_contexts(jnp.asarray(null), jnp.asarray(audio), n_f, token_offset=OFF)
+
+
+# ------------------------------------------------------------------------- fixture parity
+
+
+def test_object_locating_fixture(fixtures_dir):
+    checks = verify_object_locating(fixtures_dir / "object_locating")
+    bad = [(c.name, c.errors()) for c in checks if not c.passed()]
+    assert len(checks) >= 36 and not bad, bad
+
+
+# ------------------------------------------------------------------------- contexts
+
+
+def test_contexts_columns_and_segments():
+    null, audio, _, _ = _setup(n_a=3, n_seg=2)
+    n_f = 5
+    c_merge, c_sep = mosaic.build_contexts(null, audio, n_f, token_offset=OFF)
+    assert c_merge.shape == (n_f, L, DC) and c_sep.shape == (3, n_f, L, DC)
+    c_merge, c_sep = np.asarray(c_merge), np.asarray(c_sep)
+    seg = [0, 0, 0, 1, 1]  # floor(f * 2 / 5)
+    np.testing.assert_array_equal(mosaic.segment_of_frame(n_f, 2), seg)
+    for f in range(n_f):
+        exp = null.copy()
+        for i in range(3):
+            exp[OFF + i * NQ : OFF + (i + 1) * NQ] = audio[i, seg[f]]
+            sep = null.copy()
+            sep[OFF : OFF + NQ] = audio[i, seg[f]]
+            np.testing.assert_array_equal(c_sep[i, f], sep)
+        np.testing.assert_array_equal(c_merge[f], exp)
+    # release: 16 frames, S = 2 -> frames 0-7 clip 0, 8-15 clip 1
+    np.testing.assert_array_equal(mosaic.segment_of_frame(16, 2), [0] * 8 + [1] * 8)
+    # offset 0 (the paper's equations)
+    c0, _ = mosaic.build_contexts(null, audio, n_f, token_offset=0)
+    np.testing.assert_array_equal(np.asarray(c0)[0, :NQ], audio[0, 0])
+
+
+def test_contexts_too_many_sources():
+    null = np.zeros((L, 8), np.float32)
+    ok = np.zeros((7, 2, 10, 8), np.float32)  # floor(76 / 10) = 7 sources fit
+    mosaic.build_contexts(null, ok, 4)
+    with pytest.raises(ValueError, match=r"8 audio sources.*at most.*= 7"):
+        mosaic.build_contexts(null, np.zeros((8, 2, 10, 8), np.float32), 4)
+    with pytest.raises(ValueError, match="width"):
+        mosaic.build_contexts(null, np.zeros((2, 2, 10, 9), np.float32), 4)
+
+
+# ------------------------------------------------------------------------- boxes
+
+
+def test_box_validation_errors():
+    good = mosaic.Boxes.static((0, 0, 0.5, 1))
+    cases = [
+        ((-0.1, 0, 0.5, 1), r"source 1 .*\[0, 1\]"),
+        ((0, 0, 1.2, 1), r"source 1 .*\[0, 1\]"),
+        ((0.5, 0, 0.5, 1), "source 1 .*left must be < right"),
+        ((0, 0.6, 1, 0.2), "source 1 .*top must be < bottom"),
+        ((0.01, 0.01, 0.05, 0.05), "source 1 .*no latent cell at the coarsest .*3x4"),
+    ]
+    for box, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            mosaic.check_boxes([good, mosaic.Boxes.static(box)], RES, 4)
+    # a keyframed box that becomes too small on some frame
+    moving = mosaic.Boxes.keyframed([(0, (0, 0, 1, 1)), (1, (0.0, 0.0, 0.05, 0.05))])
+    with pytest.raises(ValueError, match="source 0 .*frame 3"):
+        mosaic.check_boxes([moving], RES, 4)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        mosaic.Boxes.keyframed([(0.5, (0, 0, 1, 1)), (0.5, (0, 0, 1, 1))])
+    with pytest.raises(ValueError, match="4 numbers"):
+        mosaic.parse_box("0,.3,.5")
+    null, audio, _, _ = _setup(n_a=2)
+    c_merge, c_sep = _contexts(null, audio, 4)
+    with pytest.raises(ValueError, match="locate box of source 0"):
+        mosaic.make_edit(
+            "locate", boxes=[(0.6, 0, 0.4, 1), good], c_merge=c_merge, c_sep=c_sep,
+            null_emb=null, n_q=NQ, resolutions=RES, num_frames=4, edit_rows=[True],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="2 sources, 1 boxes"):
+        mosaic.make_edit(
+            "mosaic", boxes=[good], c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=NQ,
+            resolutions=RES, num_frames=4, edit_rows=[True],
+        )  # fmt: skip
+
+
+def test_parse_and_presets():
+    assert mosaic.parse_box("0,.3,.5,.7") == (0.0, 0.3, 0.5, 0.7)
+    b = mosaic.parse_boxes("0:0,.3,.5,.7;1:.5,.3,1,.7")
+    assert not b.is_static and b.keyframes[1] == (1.0, (0.5, 0.3, 1.0, 0.7))
+    loc, mos = mosaic.parse_layout("LR")
+    assert [x.keyframes[0][1] for x in loc] == [(0, 0.3, 0.5, 0.7), (0.5, 0.3, 1, 0.7)]
+    assert [x.keyframes[0][1] for x in mos] == [(0, 0, 0.5, 1), (0.5, 0, 1, 1)]
+    loc, mos = mosaic.parse_layout("TD")
+    assert loc == mos and loc[1].keyframes[0][1] == (0, 0.4, 1, 1)
+    loc, mos = mosaic.parse_layout("0,0,.5,1/.5,0,1,1")
+    assert len(loc) == 2 and loc == mos
+
+
+# ------------------------------------------------------------------------- rasterisation
+
+
+VC2_RES = mosaic.unet_resolutions((40, 64))
+
+
+def test_unet_resolutions():
+    assert VC2_RES == ((40, 64), (20, 32), (10, 16), (5, 8))
+
+
+@pytest.mark.parametrize("hw", VC2_RES)
+def test_presets_reproduce_release_mosaic_regions(hw):
+    # release (video_models.md 4.5): LR columns [0, w//2) -> source 1; TD top int(.4h) rows.
+    h, w = hw
+    _, lr = mosaic.preset("LR")
+    _, td = mosaic.preset("TD")
+    a = mosaic.rasterize(lr, hw, 1).assign[0]
+    np.testing.assert_array_equal(a, np.broadcast_to(np.arange(w) >= w // 2, (h, w)))
+    a = mosaic.rasterize(td, hw, 1).assign[0]
+    np.testing.assert_array_equal(
+        a, np.broadcast_to((np.arange(h) >= int(0.4 * h))[:, None], (h, w))
+    )
+
+
+def test_centre_rule_cells_and_gaussian():
+    loc, _ = mosaic.preset("LR")
+    r = mosaic.rasterize(loc, (40, 64), 2)
+    # centres (y + .5) / 40 in [.3, .7) -> rows 12..27; (x + .5) / 64 in [0, .5) -> cols 0..31
+    ref = np.zeros((40, 64), bool)
+    ref[12:28, :32] = True
+    np.testing.assert_array_equal(r.masks[0, 1], ref)
+    np.testing.assert_array_equal(r.masks[1, 0], np.roll(ref, 32, axis=1))
+    g = r.gaussians[0, 0].astype(np.float64)
+    assert g.max() == 1.0 and np.all(g[~ref] == 0) and np.all(g[ref] > 0)
+    # centre (0.5 * 40 - .5, 0.25 * 64 - .5) = (19.5, 15.5), sigma (16/3, 32/3) cells
+    y, x = np.mgrid[0:40, 0:64]
+    e = np.exp(-((y - 19.5) ** 2) / (2 * (16 / 3) ** 2) - (x - 15.5) ** 2 / (2 * (32 / 3) ** 2))
+    e = np.where(ref, e, 0)
+    np.testing.assert_allclose(g, e / e.max(), atol=1e-6)
+    np.testing.assert_allclose(r.locate_map, 2 * r.gaussians - r.gaussians.sum(0), atol=1e-7)
+    # sigma_divisor option changes the map
+    r6 = mosaic.rasterize(loc, (40, 64), 1, sigma_divisor=6.0)
+    assert np.abs(r6.gaussians[0, 0] - r.gaussians[0, 0]).max() > 0.1
+    # release cell rule: rows 12..26, cols 0..30 (box_cells.json)
+    rr = mosaic.rasterize(loc, (40, 64), 1, cell_rule="release")
+    ref = np.zeros((40, 64), bool)
+    ref[12:27, :31] = True
+    np.testing.assert_array_equal(rr.masks[0, 0], ref)
+
+
+def test_keyframed_interpolation():
+    b = mosaic.Boxes.keyframed([(0.0, (0, 0, 0.5, 1)), (1.0, (0.5, 0, 1, 1))])
+    pf = b.per_frame(3)
+    np.testing.assert_allclose(pf[1], (0.25, 0, 0.75, 1))
+    r = mosaic.rasterize([b], (2, 8), 3)
+    np.testing.assert_array_equal(r.masks[0, :, 0], [[1, 1, 1, 1, 0, 0, 0, 0],
+                                                    [0, 0, 1, 1, 1, 1, 0, 0],
+                                                    [0, 0, 0, 0, 1, 1, 1, 1]])  # fmt: skip
+    # hold outside the keyframe range
+    b2 = mosaic.Boxes.keyframed([(0.5, (0, 0, 0.5, 1)), (1.0, (0.5, 0, 1, 1))])
+    pf = b2.per_frame(5)
+    np.testing.assert_allclose(pf[:3, 0], [0, 0, 0])
+    np.testing.assert_allclose(pf[3:, 0], [0.25, 0.5])
+
+
+def _brute_assign(boxes, h, w, n_f, background):
+    """Cell by cell, straight from maestro.md (centre rule)."""
+    pf = np.stack([b.per_frame(n_f) for b in boxes])
+    n = len(boxes)
+    out = np.zeros((n_f, h, w), int)
+    for f, y, x in itertools.product(range(n_f), range(h), range(w)):
+        cy, cx = (y + 0.5) / h, (x + 0.5) / w
+        area = [(pf[i, f, 2] - pf[i, f, 0]) * (pf[i, f, 3] - pf[i, f, 1]) for i in range(n)]
+        inside = [
+            i
+            for i in range(n)
+            if pf[i, f, 0] <= cx < pf[i, f, 2] and pf[i, f, 1] <= cy < pf[i, f, 3]
+        ]  # noqa: E501
+        if inside:
+            out[f, y, x] = min(inside, key=lambda i: (area[i], i))
+        elif background == "nearest":
+            keys = []
+            for i in range(n):
+                l, t, r, b = pf[i, f]
+                dx = max(l * w - (x + 0.5), (x + 0.5) - r * w, 0)
+                dy = max(t * h - (y + 0.5), (y + 0.5) - b * h, 0)
+                keys.append((np.hypot(dx, dy), area[i], i))
+            out[f, y, x] = min(keys)[2]
+        else:
+            out[f, y, x] = n
+    return out
+
+
+@pytest.mark.parametrize("background", mosaic.BACKGROUNDS)
+@pytest.mark.parametrize("boxes", [BOXES_A, BOXES_B], ids=["overlap", "gaps"])
+def test_assignment_matches_brute_force(boxes, background):
+    for hw in RES:
+        r = mosaic.rasterize(boxes, hw, 4, background=background)
+        np.testing.assert_array_equal(r.assign, _brute_assign(boxes, *hw, 4, background))
+
+
+def test_assignment_rules():
+    big = mosaic.Boxes.static((0, 0, 1, 1))
+    small = mosaic.Boxes.static((0.25, 0.25, 0.75, 0.75))
+    a = mosaic.rasterize([big, small], (4, 4), 1).assign[0]
+    exp = np.zeros((4, 4), int)
+    exp[1:3, 1:3] = 1
+    np.testing.assert_array_equal(a, exp)  # smallest box wins, in either order
+    np.testing.assert_array_equal(mosaic.rasterize([small, big], (4, 4), 1).assign[0], 1 - exp)
+    # touching boxes partition the frame, no cell in both
+    r = mosaic.rasterize([(0, 0, 0.5, 1), (0.5, 0, 1, 1)], (3, 5), 1)
+    assert not np.any(r.masks[0] & r.masks[1]) and np.all(r.masks[0] | r.masks[1])
+    # one-cell box
+    r = mosaic.rasterize([(0.25, 0.34, 0.5, 0.66), (0.75, 0, 1, 1)], (3, 4), 1)
+    assert r.masks[0].sum() == 1 and r.masks[0, 0, 1, 1]
+    assert r.gaussians[0, 0, 1, 1] == 1.0
+    # background modes: gaps go to the nearest box, or to slot N
+    boxes = [(0, 0, 0.25, 1), (0.75, 0, 1, 1)]
+    a = mosaic.rasterize(boxes, (1, 8), 1).assign[0, 0]
+    np.testing.assert_array_equal(a, [0, 0, 0, 0, 1, 1, 1, 1])
+    a = mosaic.rasterize(boxes, (1, 8), 1, background="merge").assign[0, 0]
+    np.testing.assert_array_equal(a, [0, 0, 2, 2, 2, 2, 1, 1])
+
+
+# ------------------------------------------------------------------------- attention edits
+
+
+@pytest.fixture(scope="module")
+def env():
+    null, audio, wk, wv = _setup(n_a=3, n_f=4)
+    n_f, n_b = 4, 2
+    c_merge, c_sep = _contexts(null, audio, n_f)
+    rng = np.random.default_rng(7)
+    qs = {
+        hw: rng.normal(size=(n_b * n_f, hw[0] * hw[1], HEADS, DH)).astype(np.float32) * 2
+        for hw in RES
+    }
+    ctx = np.concatenate(  # CFG batch: cond rows hold C_merge, uncond rows the null embedding
+        [np.asarray(c_merge), np.broadcast_to(null, (n_f, L, DC))]
+    ).astype(np.float32)
+    kw = dict(
+        c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=NQ, resolutions=RES, num_frames=n_f,
+        edit_rows=mosaic.cfg_edit_rows(1, 1),
+    )  # fmt: skip
+    pkv = _project(wk, wv)
+
+    hw_of = {hw[0] * hw[1]: hw for hw in RES}
+
+    @jax.jit
+    def run(edit, q, context):
+        return edit(q, context, pkv, scale=SCALE, hw=hw_of[q.shape[1]])
+
+    @jax.jit
+    def plain(q, context):
+        k, v = pkv(context)
+        return dot_product_attention(q, k, v, scale=SCALE)
+
+    return dict(
+        null=null, audio=audio, wk=wk, wv=wv, n_f=n_f, n_b=n_b, c_merge=np.asarray(c_merge),
+        c_sep=np.asarray(c_sep), qs=qs, ctx=ctx, kw=kw, run=run, plain=plain,
+    )  # fmt: skip
+
+
+def _np_kv(env, ctx):
+    ctx = np.asarray(ctx, np.float64)
+    k = (ctx @ env["wk"].astype(np.float64)).reshape(*ctx.shape[:-1], HEADS, DH)
+    v = (ctx @ env["wv"].astype(np.float64)).reshape(*ctx.shape[:-1], HEADS, DH)
+    return k, v
+
+
+def _np_mosaic(env, q, hw, boxes, background):
+    """Naive float64 Mosaic Denoising: a Python loop over rows, sources and their cells."""
+    r = mosaic.rasterize(boxes, hw, env["n_f"], background=background)
+    q = q.astype(np.float64)
+    out = np.zeros_like(q)
+    n_a = len(boxes)
+    bg = {"merge": env["c_merge"], "null": np.broadcast_to(env["null"], env["c_merge"].shape)}
+    for b, f in itertools.product(range(env["n_b"]), range(env["n_f"])):
+        row = b * env["n_f"] + f
+        if b == 1:  # unconditional: plain attention over its own context
+            out[row] = _np_attend(q[row], *_np_kv(env, env["ctx"][row]), SCALE)
+            continue
+        assign = r.assign[f].reshape(-1)
+        for i in range(n_a + 1):
+            cells = assign == i
+            if not cells.any():
+                continue
+            ctx = env["c_sep"][i, f] if i < n_a else bg[background][f]
+            out[row, cells] = _np_attend(q[row, cells], *_np_kv(env, ctx), SCALE)
+    return out
+
+
+def _np_locate(env, q, hw, boxes, space="logits", s=0.5, wk=0.05):
+    """Float64 numpy Object Locating (maestro.md), per-sample max over the whole tensor."""
+    r = mosaic.rasterize(boxes, hw, env["n_f"])
+    n_a, n_f = len(boxes), env["n_f"]
+    q = q.astype(np.float64)
+    out = np.zeros_like(q)
+    k, v = _np_kv(env, env["c_merge"])  # [F, L, H, dh]
+    logits = np.einsum("fthd,flhd->fhtl", q[:n_f], k) * SCALE  # cond sample 0 = rows 0..F-1
+    m = np.zeros((n_f, hw[0] * hw[1], L))
+    for i in range(n_a):
+        m[:, :, OFF + i * NQ : OFF + (i + 1) * NQ] = r.locate_map[i].reshape(n_f, -1)[..., None]
+    m = m[:, None]  # [F, 1, T, L]
+    audio = np.zeros(L, bool)
+    audio[OFF : OFF + n_a * NQ] = True
+    weak = audio & (m == 0)
+    if space == "logits":
+        x = np.where(weak, logits * wk, logits) + s * logits.max() * m
+        p = np.exp(x - x.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    else:
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        p = np.maximum(np.where(weak, p * wk, p) + s * p.max() * m, 0)
+        p /= p.sum(-1, keepdims=True)
+    out[:n_f] = np.einsum("fhtl,flhd->fthd", p, v)
+    for row in range(n_f, 2 * n_f):
+        out[row] = _np_attend(q[row], *_np_kv(env, env["ctx"][row]), SCALE)
+    return out
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("background", mosaic.BACKGROUNDS)
+@pytest.mark.parametrize("boxes", [BOXES_A, BOXES_B], ids=["overlap", "gaps"])
+def test_mosaic_matches_naive_float64(env, boxes, background):
+    edit = mosaic.make_edit("mosaic", boxes=boxes, background=background, **env["kw"])
+    for hw in RES:
+        out = env["run"](edit, env["qs"][hw], env["ctx"])
+        assert out.shape == env["qs"][hw].shape
+        assert _rel(out, _np_mosaic(env, env["qs"][hw], hw, boxes, background)) < 1e-5
+
+
+@pytest.mark.parametrize("space", mosaic.LOCATE_SPACES)
+def test_locate_matches_numpy(env, space):
+    edit = mosaic.make_edit("locate", boxes=BOXES_A, locate_space=space, **env["kw"])
+    for hw in RES:
+        out = env["run"](edit, env["qs"][hw], env["ctx"])
+        ref = _np_locate(env, env["qs"][hw], hw, BOXES_A, space)
+        assert _rel(out, ref) < 1e-5
+        # the edit does something measurable
+        assert _rel(env["plain"](env["qs"][hw], env["ctx"]), ref) > 1e-2
+
+
+def test_uncond_rows_bitwise_plain_and_none_mode(env):
+    n_f = env["n_f"]
+    edits = [
+        mosaic.make_edit("locate", boxes=BOXES_A, **env["kw"]),
+        mosaic.make_edit("mosaic", boxes=BOXES_B, background="null", **env["kw"]),
+        mosaic.make_edit("none", boxes=None, **env["kw"]),
+    ]
+    for hw in RES:
+        q = env["qs"][hw]
+        plain = np.asarray(env["plain"](q, env["ctx"]))
+        for e in edits:
+            out = np.asarray(env["run"](e, q, env["ctx"]))
+            np.testing.assert_array_equal(out[n_f:], plain[n_f:])  # never edited
+            if e.mode == "none":
+                np.testing.assert_array_equal(out, plain)
+            else:
+                assert np.abs(out[:n_f] - plain[:n_f]).max() > 1e-2
+    # uncond-first layout: rows 0..F-1 are the plain ones
+    kw = dict(env["kw"], edit_rows=mosaic.cfg_edit_rows(1, 1, cond_first=False))
+    ctx = np.concatenate([env["ctx"][n_f:], env["ctx"][:n_f]])
+    q = env["qs"][RES[0]]
+    out = np.asarray(env["run"](mosaic.make_edit("mosaic", boxes=BOXES_A, **kw), q, ctx))
+    np.testing.assert_array_equal(out[:n_f], np.asarray(env["plain"](q, ctx))[:n_f])
+
+
+def test_wrong_resolution_is_clear(env):
+    edit = mosaic.make_edit("mosaic", boxes=BOXES_A, **env["kw"])
+    q = np.zeros((8, 12, HEADS, DH), np.float32)
+    with pytest.raises(KeyError, match=r"\(2, 6\)"):
+        edit(q, env["ctx"], _project(env["wk"], env["wv"]), scale=SCALE, hw=(2, 6))
+
+
+def test_jit_no_retrace_across_box_values(env):
+    traces = []
+    pkv = _project(env["wk"], env["wv"])
+
+    @jax.jit
+    def f(edit, q, ctx):
+        traces.append(1)
+        return edit(q, ctx, pkv, scale=SCALE, hw=RES[1])
+
+    q = env["qs"][RES[1]]
+    outs = []
+    for boxes, strengthen in [(BOXES_A, 0.5), (BOXES_B, 0.5), (BOXES_B, 0.9)]:
+        e = mosaic.make_edit("locate", boxes=boxes, strengthen_scale=strengthen, **env["kw"])
+        outs.append(np.asarray(f(e, q, env["ctx"])))
+    assert len(traces) == 1
+    assert np.abs(outs[0] - outs[1]).max() > 1e-3 and np.abs(outs[1] - outs[2]).max() > 1e-3
+
+
+def test_phase_edits_and_sharding(env, cpu_mesh):
+    n_f = 2
+    null, audio = env["null"], env["audio"]
+    c_merge, c_sep = _contexts(null, audio, n_f)
+    rows = np.array([True, False, True, False])  # B = 4 -> 8 rows, split over 'data'
+    locate, mos = mosaic.make_phase_edits(
+        BOXES_A, BOXES_B, c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=NQ, resolutions=RES,
+        num_frames=n_f, edit_rows=rows, background="merge",
+    )  # fmt: skip
+    assert (locate.mode, mos.mode) == ("locate", "mosaic")
+    rng = np.random.default_rng(3)
+    ctx = rng.normal(size=(8, L, DC)).astype(np.float32)
+    pkv = _project(env["wk"], env["wv"])
+
+    q = rng.normal(size=(8, 12, HEADS, DH)).astype(np.float32)  # 3x4 tokens
+
+    def g(e, q, ctx):
+        return e(q, ctx, pkv, scale=SCALE, hw=RES[1])
+
+    row_sh = NamedSharding(cpu_mesh, P("data"))
+    for e in (locate, mos):
+        ref = np.asarray(jax.jit(g)(e, q, ctx))
+        qs, cs = jax.device_put(q, row_sh), jax.device_put(ctx, row_sh)
+        out = jax.jit(g, out_shardings=row_sh)(e, qs, cs)
+        assert len(out.sharding.device_set) == 8
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-6)
