@@ -32,6 +32,10 @@ setup(
         "soundfile",
         "soxr",
         "tqdm",
+        # AV-Align and the static-video filter are defined by OpenCV's Farneback optical flow.
+        "opencv-python-headless",
+        # CLAP's RoBERTa BPE tokenizer (AudioSep text queries) from user-supplied vocab files.
+        "tokenizers",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff"],
