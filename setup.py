@@ -15,6 +15,7 @@ setup(
         "orbax-checkpoint",
         "grain",
         "tensorflow-datasets",
+        "array_record",
         "librosa",
         "numpy",
         "einops",
