@@ -1,0 +1,59 @@
+"""Train the CIM: `python -m maestro_jax.train --config=configs/cim.py[:variant] --workdir=W`.
+
+Trains until `config.total_steps`, resuming from the newest checkpoint in W; appends one JSON
+line per step to W/metrics.jsonl (TensorBoard events under W/tb, sample images under
+W/samples). Command lines: see `configs/cim.py`. Multi-host: one process per host with
+`--config.distributed=True` (or MAESTRO_DISTRIBUTED=1); `jax.distributed.initialize()` then
+runs before anything touches a device. Exit status 3: the loss or gradient became non-finite
+(nothing was saved for that step; the newest checkpoint is the last good state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cim.py[:variant]")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, samples)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    import jax  # noqa: PLC0415
+
+    if config.get("distributed") or os.environ.get("MAESTRO_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+    logging.getLogger("maestro_jax.train").setLevel(logging.INFO)
+    # orbax logs every checkpoint phase at INFO through absl; keep its warnings and errors only
+    logging.getLogger("absl").addFilter(
+        lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
+    )
+    from maestro_jax import training  # noqa: PLC0415
+
+    logging.info(
+        "process %d/%d, %d devices (%d local): %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.local_device_count(),
+        jax.devices()[0].device_kind,
+    )
+    try:
+        out = training.train(config, _WORKDIR.value)
+    except training.NonFiniteError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    logging.info("done at step %d", out["step"])
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
