@@ -27,6 +27,7 @@ from maestro_jax import audio as audio_lib
 from maestro_jax.checkpoints import load_params
 from maestro_jax.models.cim import CIM, CIMConfig
 from maestro_jax.models.imagebind import ImageBindAudio, ImageBindConfig, imagebind_huge
+from maestro_jax.nn.random_init import random_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +69,10 @@ def init_random(ib_config: ImageBindConfig, cim_config: CIMConfig, seed: int = 0
         raise ValueError(
             f"CIM embed_dim {cim_config.embed_dim} != ImageBind audio width {ib_config.audio_width}"
         )
-    k1, k2 = jax.random.split(jax.random.key(seed))
     mel = jnp.zeros((1, 1, ib_config.num_mel_bins, ib_config.target_len), jnp.float32)
-    ib = jax.jit(ImageBindAudio(ib_config).init)(k1, mel)["params"]
+    ib = random_init(ImageBindAudio(ib_config), mel, seed=seed)["params"]
     tok = jnp.zeros((1, ib_config.audio_tokens, ib_config.audio_width), jnp.float32)
-    cim = jax.jit(CIM(cim_config).init)(k2, tok)["params"]
+    cim = random_init(CIM(cim_config), tok, seed=seed + 1)["params"]
     return AudioEncoder(ib_config, ib, cim_config, cim)
 
 

@@ -166,7 +166,15 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     """Ascending DDIM timesteps `range(0, T, T // steps) + 1` (VC `make_ddim_timesteps`)."""
     if not 1 <= steps < num_timesteps:
         raise ValueError(f"DDIM steps must be in [1, {num_timesteps - 1}], got {steps}")
-    return np.arange(0, num_timesteps, num_timesteps // steps, dtype=np.int64) + 1
+    ts = np.arange(0, num_timesteps, num_timesteps // steps, dtype=np.int64) + 1
+    if ts[-1] >= num_timesteps:
+        # e.g. 3 steps: range(0, 1000, 333) + 1 ends at 1000, past the schedule (the original
+        # fails there too, with an index error)
+        raise ValueError(
+            f"{steps} DDIM steps give timestep {ts[-1]} >= {num_timesteps}; choose a step count "
+            f"whose stride {num_timesteps // steps} leaves the last timestep below {num_timesteps}"
+        )
+    return ts
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

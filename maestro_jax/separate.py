@@ -38,6 +38,7 @@ from maestro_jax.models.clap_text import (
     byte_fallback_tokens,
 )
 from maestro_jax.models.stft import N_FFT
+from maestro_jax.nn.random_init import random_like
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "separate.py"
 
@@ -110,29 +111,6 @@ def embed_texts(text_variables, config: ml_collections.ConfigDict, ids, mask) ->
     """[Q, L] token ids + mask -> [Q, joint] unit-norm CLAP text embeddings."""
     model = build_text_encoder(config)
     return np.asarray(jax.jit(model.apply)(text_variables, jnp.asarray(ids), jnp.asarray(mask)))
-
-
-def random_like(shapes, seed: int = 0) -> dict:
-    """Random variables with the structure of `shapes` (from `jax.eval_shape(model.init, ...)`),
-    drawn with numpy: kernels N(0, 1/fan_in), embeddings N(0, 0.02^2), biases 0, norm scales
-    and running variances 1, running means 0.
-
-    Compiling a Flax `init` costs a threefry computation per parameter (about a minute for the
-    separator on 2 CPU cores); filling the known shapes from numpy takes milliseconds.
-    """
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        shape = tuple(leaf.shape)
-        if name in ("kernel", "embedding"):
-            std = 0.02 if name == "embedding" else 1.0 / np.sqrt(max(np.prod(shape[:-1]), 1))
-            return (rng.standard_normal(shape) * std).astype(np.float32)
-        if name in ("scale", "var"):
-            return np.ones(shape, np.float32)
-        return np.zeros(shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def random_variables(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[dict, dict]:

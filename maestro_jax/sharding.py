@@ -15,17 +15,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def make_mesh(shape: Sequence[int], axes: Sequence[str] = ("data", "fsdp")) -> Mesh:
-    """`jax.make_mesh` with Auto axis types (the default became Explicit in newer JAX)."""
+def make_mesh(
+    shape: Sequence[int],
+    axes: Sequence[str] = ("data", "fsdp"),
+    devices: Sequence[Any] | None = None,
+) -> Mesh:
+    """`jax.make_mesh` with Auto axis types (the default became Explicit in newer JAX), over all
+    devices or the given ones."""
+    n_dev = len(devices) if devices is not None else jax.device_count()
     shape = tuple(int(s) for s in shape)
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
-        shape = tuple(jax.device_count() // known if s == -1 else s for s in shape)
-    if int(np.prod(shape)) != jax.device_count():
-        raise ValueError(
-            f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {jax.device_count()}"
-        )
-    return jax.make_mesh(shape, tuple(axes), axis_types=(AxisType.Auto,) * len(shape))
+        shape = tuple(n_dev // known if s == -1 else s for s in shape)
+    if int(np.prod(shape)) != n_dev:
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {n_dev}")
+    return jax.make_mesh(
+        shape, tuple(axes), axis_types=(AxisType.Auto,) * len(shape), devices=devices
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

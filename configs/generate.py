@@ -1,0 +1,22 @@
+"""Maestro generation: stems (or a mixture + queries) + boxes -> video.
+
+Variants:
+  configs/generate.py            converted VideoCrafter2 + ImageBind + CIM (+ AudioSep) weights
+  configs/generate.py:runlocal   tiny random models, 16 frames at 32x32, 4 steps (CPU, no files)
+
+Examples:
+  python -m maestro_jax.generate --config=configs/generate.py:runlocal \
+      --audio dog.wav --audio cat.wav --boxes LR --outdir out
+  python -m maestro_jax.generate --config=configs/generate.py --config.checkpoint=ckpt/vc2 \
+      --config.imagebind_checkpoint=ckpt/imagebind --config.cim_checkpoint=ckpt/cim \
+      --config.bpe_path=bpe_simple_vocab_16e6.txt.gz \
+      --audio dog.wav --audio cat.wav --boxes LR --outdir out
+  python -m maestro_jax.generate --config=configs/generate.py:runlocal --jobs jobs.jsonl \
+      --outdir sweep
+"""
+
+from maestro_jax.gen_config import generation_config
+
+
+def get_config(arg=None):
+    return generation_config(arg or "default")

@@ -1,0 +1,20 @@
+"""Plain VideoCrafter2 text-to-video (no audio), the base model Maestro edits.
+
+Variants:
+  configs/t2v.py            converted VideoCrafter2 weights (--config.checkpoint=DIR)
+  configs/t2v.py:runlocal   tiny random model, 16 frames at 32x32, 4 steps (CPU)
+
+Examples:
+  python -m maestro_jax.generate --config=configs/t2v.py:runlocal --prompt "a dog barking"
+  python -m convert.videocrafter checkpoints/base_512_v2/model.ckpt ckpt/vc2
+  python -m maestro_jax.generate --config=configs/t2v.py --config.checkpoint=ckpt/vc2 \
+      --config.bpe_path=bpe_simple_vocab_16e6.txt.gz --prompt "a dog barking" --outdir out
+"""
+
+from maestro_jax.gen_config import generation_config
+
+
+def get_config(arg=None):
+    c = generation_config(arg or "default")
+    c.fps = 28 if c.model == "full" else c.fps  # VideoCrafter2's run_text2video.sh
+    return c

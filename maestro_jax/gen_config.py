@@ -1,0 +1,63 @@
+"""Shared defaults of the generation configs (`configs/generate.py`, `configs/t2v.py`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def generation_config(variant: str) -> ml_collections.ConfigDict:
+    """Full-size defaults (VideoCrafter2 + Maestro release settings), or the tiny `runlocal`."""
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    # 'full': converted weights from the folders below; 'tiny': random tiny models (CPU).
+    c.model = "full"
+    c.checkpoint = ""  # VideoCrafter2 folder from `python -m convert.videocrafter`
+    c.imagebind_checkpoint = ""  # `python -m convert.imagebind` output
+    c.cim_checkpoint = ""  # `python -m convert.cim` output
+    c.separator_checkpoint = ""  # `python -m convert.audiosep` output (mixture + queries jobs)
+    c.clap_tokenizer_dir = ""  # roberta-base vocab.json + merges.txt (text queries)
+    c.bpe_path = ""  # CLIP BPE file ('' = $MAESTRO_CLIP_BPE or an installed open_clip)
+    c.num_frames = 16
+    c.height = 320
+    c.width = 512
+    c.steps = 50
+    c.eta = 1.0
+    c.guidance = 12.0
+    c.fps = 8  # fps conditioning of the UNet (the release: 8)
+    c.save_fps = 0.0  # 0 = num_frames / clip_window, so the video spans its audio
+    c.n_d = 6  # Object Locating steps before Mosaic Denoising
+    c.mode = "maestro"  # maestro | vanilla | locate | mosaic (ablations)
+    c.boxes = "LR"  # default layout of jobs that give none
+    c.clip_window = 4.0  # seconds of audio per video; S = ceil(window / 2) segments
+    c.clip_rule = "git"  # ImageBind clip sampler: git (disjoint) | pypi015 (the release)
+    c.num_queries = 10  # N_Q of the CIM (must match the CIM checkpoint)
+    c.mosaic = ml_collections.ConfigDict(
+        dict(
+            token_offset=1,
+            cell_rule="centre",
+            background="nearest",
+            sigma_divisor=3.0,
+            strengthen_scale=0.5,
+            weaken_scale=0.05,
+            locate_space="logits",
+        )
+    )
+    c.dtype = "bfloat16"
+    c.attn_impl = "xla"
+    c.frame_chunk = 0  # VAE decode in chunks of this many frames (0 = all at once)
+    c.batch_size = 0  # jobs per compiled call (0 = the number of devices)
+    c.seed = 0
+    c.outdir = "outputs"
+    c.compilation_cache = "~/.cache/maestro_jax/jax_cache"  # '' disables it
+    if variant == "runlocal":
+        c.model = "tiny"
+        c.height = 32
+        c.width = 32
+        c.steps = 4
+        c.n_d = 2
+        c.guidance = 7.5
+        c.num_queries = 4
+        c.dtype = "float32"
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r} (default | runlocal)")
+    return c
