@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from configs import generate as gen_configs
     from maestro_jax import audio as audio_lib
-    from maestro_jax import generate as gen
+    from maestro_jax import generation as gen
     from maestro_jax.jobs import Job
 
     stem_dir = out / "stems"

@@ -12,7 +12,7 @@ import pytest
 
 from configs import generate as gen_configs
 from configs import t2v as t2v_configs
-from maestro_jax import generate as gen
+from maestro_jax import generation as gen
 from maestro_jax.audio import load_audio
 from maestro_jax.jobs import Job
 from maestro_jax.video import read_png, read_video
