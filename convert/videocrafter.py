@@ -57,8 +57,12 @@ def convert_videocrafter(
     vae_config: VAEConfig | None = None,
     text_config: ct.ClipTextConfig | None = None,
     source: str = "",
+    trained_frames: int = 16,
 ) -> Path:
-    """Convert all three parts of a VC2-style state dict and write OUT/{unet,vae,text}."""
+    """Convert all three parts of a VC2-style state dict and write OUT/{unet,vae,text}.
+
+    `trained_frames` (16 for VideoCrafter2's `temporal_length`) is recorded so generation can
+    refuse another frame count with a clear message."""
     unet_config = unet_config or UNetConfig.vc2()
     vae_config = vae_config or VAEConfig.sd()
     text_config = text_config or ct.vit_h14()
@@ -72,7 +76,8 @@ def convert_videocrafter(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_params(out / "unet", unet, {"unet": dataclasses.asdict(unet_config), "kind": "vc2",
-                                     "format": "ldm", "source": source})  # fmt: skip
+                                     "format": "ldm", "source": source,
+                                     "trained_frames": trained_frames})  # fmt: skip
     save_params(out / "vae", vae, {"model": "AutoencoderKL", "vae": vae_config.to_dict(),
                                    "source": source})  # fmt: skip
     save_params(out / "text", text, {**text_config.to_dict(), "model": "clip_text",

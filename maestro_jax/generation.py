@@ -24,7 +24,6 @@ class InputError(ValueError):
     """Bad input found before any compute."""
 
 
-
 def _layout(job: Job, cfg) -> tuple[tuple, tuple]:
     from maestro_jax import mosaic
 
@@ -297,7 +296,8 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
     for p in plans:
         groups.setdefault((p.job.checkpoint or "", p.kind == "mixture"), []).append(p)
     n_dev = jax.local_device_count()
-    mesh = make_mesh((n_dev, 1), ("data", "fsdp")) if n_dev > 1 else None
+    # this process's devices only: with several processes each one runs its own jobs
+    mesh = make_mesh((n_dev, 1), ("data", "fsdp"), jax.local_devices()) if n_dev > 1 else None
     batch = cfg.batch_size or n_dev
     outdir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(plans), desc="jobs", unit="video", file=sys.stdout)
@@ -305,7 +305,10 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
         models = build_models(cfg, ckpt or None, need_separator=need_sep)
         if models.random:
             print("note: tiny RANDOM weights (a :runlocal config): videos show noise patterns")
-        spec.check(models)
+        try:
+            spec.check(models)
+        except ValueError as e:
+            raise InputError(str(e)) from e
         # t2v jobs one at a time; Maestro jobs batched by (N_A, N_D)
         for p in [p for p in group if p.kind == "t2v"]:
             t0 = time.perf_counter()
@@ -399,5 +402,3 @@ def enable_compilation_cache(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-

@@ -79,6 +79,7 @@ class Models:
     audio: ae.AudioEncoder | None = None
     separator: Any = None  # maestro_jax.separate.Separator
     random: bool = False  # tiny random weights (say so in every output)
+    trained_frames: int | None = None  # the frame count the video UNet was trained with
 
     @property
     def context_width(self) -> int:
@@ -178,6 +179,7 @@ def load_models(
     return Models(
         unet_cfg, unet_params, vae_cfg, vae_params, text_cfg, text_params,
         _tokenizer(bpe_path, allow_hash=False), Schedule.vc2(), audio,
+        trained_frames=unet_meta.get("trained_frames"),
     )  # fmt: skip
 
 
@@ -216,6 +218,11 @@ class VideoSpec:
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if models.trained_frames and self.num_frames != models.trained_frames:
+            raise ValueError(
+                f"{self.num_frames} frames do not match the checkpoint, which was trained with "
+                f"{models.trained_frames} (set --config.num_frames={models.trained_frames})"
+            )
 
     def resolutions(self, models: Models) -> tuple[tuple[int, int], ...]:
         return mosaic.unet_resolutions(

@@ -67,3 +67,14 @@ def test_stray_or_bad_keys_are_named(parts, tmp_path):
     bad = {k: v for k, v in sd.items() if not k.endswith("ln_final.weight")}
     with pytest.raises(ConversionError, match="ln_final.weight"):
         convert_videocrafter(bad, tmp_path / "z", unet, vae, text)
+
+
+def test_frames_must_match_the_checkpoint(parts, tmp_path, fixtures_dir):
+    sd, unet, vae, text = parts
+    out = convert_videocrafter(sd, tmp_path / "vc2", unet, vae, text, trained_frames=4)
+    bpe = fixtures_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+    m = pl.load_models(out, dtype="float32", bpe_path=str(bpe))
+    assert m.trained_frames == 4
+    pl.VideoSpec(4, 32, 32).check(m)
+    with pytest.raises(ValueError, match="do not match the checkpoint, which was trained with 4"):
+        pl.VideoSpec(16, 32, 32).check(m)
