@@ -252,13 +252,36 @@ def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, ex
     return settings
 
 
+def attention_resolutions(cfg) -> tuple[tuple[int, int], ...]:
+    """The (h, w) of every attention level for the config's video size, from the model configs
+    alone (the checkpoint folder's config.json files; no weights are read), so box checks run
+    before anything is loaded or compiled."""
+    from maestro_jax import mosaic
+    from maestro_jax import pipeline as pl
+
+    if cfg.model == "tiny":
+        unet, vae, _ = pl.tiny_configs(cfg.dtype)
+        ds, levels = vae.downsample_factor, len(unet.channel_mult)
+    else:
+        ds, levels = 8, 4  # VideoCrafter2
+        root = Path(cfg.checkpoint) if cfg.checkpoint else None
+        if root and (root / "unet" / "config.json").is_file():
+            levels = len(
+                json.loads((root / "unet" / "config.json").read_text())["unet"]["channel_mult"]
+            )
+        if root and (root / "vae" / "config.json").is_file():
+            ds = 2 ** (
+                len(json.loads((root / "vae" / "config.json").read_text())["vae"]["ch_mult"]) - 1
+            )
+    return mosaic.unet_resolutions((cfg.height // ds, cfg.width // ds), num_levels=levels)
+
+
 def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
     """Validate every job, then generate the unfinished ones. Returns the exit status."""
     import jax
     from tqdm import tqdm
 
     from maestro_jax import audio_encoder as ae
-    from maestro_jax import mosaic
     from maestro_jax import pipeline as pl
     from maestro_jax.jobs import split_for_process
     from maestro_jax.sharding import make_mesh
@@ -266,13 +289,7 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
     if jax.process_count() > 1:
         jobs = split_for_process(jobs, jax.process_index(), jax.process_count())
     spec = _spec(cfg)
-    ds = 8 if cfg.model == "full" else 2
-    levels = 4 if cfg.model == "full" else 3
-    hint = {
-        "resolutions": mosaic.unet_resolutions(
-            (spec.height // ds, spec.width // ds), num_levels=levels
-        )
-    }
+    hint = {"resolutions": attention_resolutions(cfg)}
     plans, failed = [], []
     for job in jobs:
         if is_done(outdir, job.name):
