@@ -88,6 +88,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # Use cached VAE latents when the batch carries them (`latents`), else encode
             # frames inside the step.
             "use_latents": True,
+            # Read the VAE latent cache of `python -m data.cache_latents` (DIR/latents, made
+            # with model.vae.params) when it is complete: make_dataset(latents='auto' if True
+            # else False, vae=model.vae.params). It caches the posterior MEAN by default, so
+            # vae_sample_posterior no longer adds the posterior noise (the usual trade-off).
+            "use_latent_cache": True,
         }
     )
     # Frames: `rule` documents which frames the dataset holds per 10 s clip ('default': first

@@ -17,10 +17,21 @@ stream the last (len % process_count) elements are dropped so every host yields 
 of batches (hosts must step together). `batch_size` is per host: the global batch is
 batch_size * process_count. SpecAugment is not applied here: the trainer applies it on device.
 Media decoding happened once, in data.prepare: the pipeline only deserialises arrays.
+
+VAE latent cache (`python -m data.cache_latents`, DIR/latents/): with `latents='auto'` (the
+default) a complete cache of the split is joined to the records by data-source index and
+yielded as `latents` float32 [B, S_f, h, w, 4] (scaled by 0.18215) when 'latents' is in `keys`;
+a partial cache, or one made for records the dataset no longer holds, is ignored with a
+warning (the trainer then encodes `frames`); `latents=True` makes those an error and yields
+`latents` even when `keys` omits it; `latents=False` never reads the cache. With `vae` (the
+trainer's `model.vae.params` folder) a cache made with another VAE is refused
+(`data.cache_latents.LatentCacheError`, also in 'auto' mode); `vae=None` skips that check.
+Latents stored in the records themselves (a `latents` feature) are used as they are.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +42,10 @@ import numpy as np
 from data import DATASET_NAME
 from data.prepare import load_classes, read_jsonl, tfds_dir
 
+log = logging.getLogger("data.pipeline")
+
 DEFAULT_KEYS = ("frames", "mel", "label_index", "latents")
+LATENT_MODES = (True, False, "auto")
 
 
 def data_source(data_dir: str | os.PathLike, split: str):
@@ -76,6 +90,46 @@ def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list
     return sorted(rows, key=lambda r: (r["split"], r["index"]))
 
 
+def use_latent_cache(
+    data_dir: str | os.PathLike,
+    split: str,
+    latents: bool | str = "auto",
+    vae: str | os.PathLike | None = None,
+) -> bool:
+    """Whether `make_dataset(data_dir, split, latents=latents, vae=vae)` joins the VAE latent
+    cache (see the module docstring). Raises `LatentCacheError` for a cache of another VAE (when
+    `vae` is given) and, with latents=True, for a missing, partial or stale cache."""
+    from data import cache_latents as cl
+
+    if latents not in LATENT_MODES:
+        raise ValueError(f"latents must be True, False or 'auto', got {latents!r}")
+    if latents is False:
+        return False
+    status, why = cl.cache_status(data_dir, split, vae)
+    if status == "complete":
+        return True
+    if latents is True:
+        raise cl.LatentCacheError(f"latents=True but {why}")
+    if status != "absent":
+        log.warning("%s; ignoring it (the trainer will encode frames)", why)
+    return False
+
+
+class _WithLatents:
+    """A data source whose records gain `latents` from the split's LatentCache (same index)."""
+
+    def __init__(self, source: Any, cache: Any):
+        if len(source) != len(cache):
+            raise ValueError(f"{len(source)} records but {len(cache)} cached latents")
+        self.source, self.cache = source, cache
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.source[i], "latents": self.cache[i]}
+
+
 class _Select:
     """Record -> the training arrays (mel and latents as float32, label_index int32)."""
 
@@ -110,6 +164,8 @@ def make_map_dataset(
     process_count: int = 1,
     drop_remainder: bool = True,
     keys: Sequence[str] = DEFAULT_KEYS,
+    latents: bool | str = "auto",
+    vae: str | os.PathLike | None = None,
 ):
     """The batched grain `MapDataset` of `make_dataset` (random access: ds[step] is the batch
     of that step on this host)."""
@@ -126,6 +182,12 @@ def make_map_dataset(
     source = data_source(data_dir, split)
     if len(source) == 0:
         raise ValueError(f"split {split!r} of {data_dir} is empty")
+    if use_latent_cache(data_dir, split, latents, vae):
+        from data.cache_latents import LatentCache
+
+        source = _WithLatents(source, LatentCache(data_dir, split))
+        if latents is True and "latents" not in keys:
+            keys = (*keys, "latents")
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
@@ -151,6 +213,8 @@ def make_dataset(
     process_count: int = 1,
     drop_remainder: bool = True,
     keys: Sequence[str] = DEFAULT_KEYS,
+    latents: bool | str = "auto",
+    vae: str | os.PathLike | None = None,
     num_threads: int = 8,
     prefetch_buffer_size: int = 64,
 ):
@@ -168,6 +232,10 @@ def make_dataset(
       drop_remainder: drop a last partial batch (finite streams only).
       keys: record keys to yield (missing ones, e.g. 'latents', are skipped); 'audio',
         'clip_id' and 'label' can be added for debugging.
+      latents: True | False | 'auto': join the VAE latent cache of `data.cache_latents`
+        (module docstring; 'auto' = when a complete one exists).
+      vae: the VAE the consumer uses (a convert.vae folder, 'random-tiny', or '' for a random
+        one): a cache made with another VAE raises LatentCacheError. None: no check.
       num_threads, prefetch_buffer_size: grain read threads and buffered elements per host.
     Returns:
       grain IterDataset; `iter()` gives a DatasetIterator with `get_state()` / `set_state()`.
@@ -185,6 +253,8 @@ def make_dataset(
         process_count=process_count,
         drop_remainder=drop_remainder,
         keys=keys,
+        latents=latents,
+        vae=vae,
     )
     return ds.to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
