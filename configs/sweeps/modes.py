@@ -1,0 +1,12 @@
+"""Stage ablation: vanilla (merged context, no edits) / locate only / mosaic only / Maestro.
+
+python -m maestro_jax.sweep --config=configs/sweeps/modes.py:runlocal
+"""
+
+from configs.sweeps import sweep_config
+
+MODES = ("vanilla", "locate", "mosaic", "maestro")
+
+
+def get_config(arg=None):
+    return sweep_config(arg or "default", "mode", MODES, MODES, "modes")
