@@ -119,7 +119,14 @@ _MODEL_CACHE: dict = {}
 def build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool = False):
     """The models of a config, built once per process (compiled functions are cached per
     models object, so reusing it avoids recompiling in sweeps and tests)."""
-    key = (cfg.to_json_best_effort(), cim_checkpoint, need_separator)
+    # only the fields that decide which networks are built: sweeps over mode, N_D or
+    # outdir share one models object (and so its compiled functions)
+    fields = ("model", "checkpoint", "imagebind_checkpoint", "cim_checkpoint",
+              "separator_checkpoint", "clap_tokenizer_dir", "bpe_path", "num_queries", "dtype",
+              "attn_impl")  # fmt: skip
+    key = (tuple(str(cfg.get(f)) for f in fields), cim_checkpoint, need_separator)
+    if cfg.model == "tiny":
+        key += (cfg.seed,)  # the random weights depend on the seed
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = _build_models(cfg, cim_checkpoint, need_separator)
     return _MODEL_CACHE[key]
