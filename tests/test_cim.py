@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from scipy.special import erf
+from np_ref import gelu as _gelu
+from np_ref import layer_norm as _ln
 
 from convert import cim as conv
 from convert import imagebind as ib_conv
@@ -81,18 +82,6 @@ def test_strip_module_prefix(fixture, tiny_cfg):
 
 
 # ----------------------------------------------------------------------------- float64 reference
-def _ln(x, p, eps):
-    m = x.mean(-1, keepdims=True)
-    v = ((x - m) ** 2).mean(-1, keepdims=True)
-    return (x - m) / np.sqrt(v + eps) * p["scale"] + p["bias"]
-
-
-def _gelu(x, exact):
-    if exact:
-        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
 def _np_cim(x, p, cfg, *, eps=1e-5, exact=True):
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
     b = x.shape[0]

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf
+from np_ref import gelu as _gelu
+from np_ref import layer_norm as _ln
 
 from convert import imagebind as conv
 from convert.common import ConversionError, load_full_keys, load_state_dict, rel_l2
@@ -162,18 +163,6 @@ def test_preprocess_images():
 
 
 # ----------------------------------------------------------------------------- numerics vs float64
-def _ln(x, p, eps):
-    m = x.mean(-1, keepdims=True)
-    v = ((x - m) ** 2).mean(-1, keepdims=True)
-    return (x - m) / np.sqrt(v + eps) * p["scale"] + p["bias"]
-
-
-def _gelu(x, exact):
-    if exact:
-        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
 def _np_block(x, p, heads, *, eps=1e-6, exact=True, bias_kv=True):
     """ImageBind BlockWithMasking + nn.MultiheadAttention(add_bias_kv) in float64."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
