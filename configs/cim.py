@@ -10,7 +10,7 @@ dataset, CPU, a minute).
     python -m maestro_jax.train --config=configs/cim.py:runlocal --workdir=/tmp/cim_local
     python -m maestro_jax.train --config=configs/cim.py:runlocal --workdir=/tmp/cim_local \
         --config.total_steps=40          # resumes from /tmp/cim_local, trains to step 40
-    python -m maestro_jax.train --config=configs/cim.py:vggsound --workdir=gs://b/cim_vgg \
+    python -m maestro_jax.train --config=configs/cim.py:vggsound --workdir=/gcs/b/cim_vgg \
         --config.data.dir=/data/vggsound_tfds \
         --config.model.unet.params=ckpt/sd21_unet --config.model.vae.params=ckpt/sd_vae \
         --config.model.text.params=ckpt/openclip_h14 --config.model.imagebind.params=ckpt/ib \

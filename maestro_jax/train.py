@@ -2,16 +2,19 @@
 
 Trains until `config.total_steps`, resuming from the newest checkpoint in W; appends one JSON
 line per step to W/metrics.jsonl (TensorBoard events under W/tb, sample images under
-W/samples). Command lines: see `configs/cim.py`. Multi-host: one process per host with
-`--config.distributed=True` (or MAESTRO_DISTRIBUTED=1); `jax.distributed.initialize()` then
-runs before anything touches a device. Exit status 3: the loss or gradient became non-finite
+W/samples). Command lines: see `configs/cim.py`. Multi-host: one process per host (or per GPU)
+with `--config.distributed=True` (JAX's auto-detection: TPU VMs, SLURM, Open MPI), or the
+environment MAESTRO_DISTRIBUTED=1, or MAESTRO_COORDINATOR=host:port + MAESTRO_NUM_PROCESSES +
+MAESTRO_PROCESS_ID (`maestro_jax.distributed`); `jax.distributed.initialize()` then runs before
+anything touches a device. W must be one folder every process sees (NFS, Filestore, a gcsfuse
+mount); process 0 writes the logs and metrics, orbax coordinates the checkpoints (launch
+scripts: `launch/`). Exit status 3: the loss or gradient became non-finite
 (nothing was saved for that step; the newest checkpoint is the last good state).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -26,11 +29,19 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if "://" in _WORKDIR.value:
+        raise app.UsageError(
+            f"--workdir={_WORKDIR.value}: give a local or mounted path (every process must see "
+            "the same folder: NFS, Filestore, or a bucket mounted with gcsfuse), not a URL"
+        )
     import jax  # noqa: PLC0415
 
-    if config.get("distributed") or os.environ.get("MAESTRO_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-    logging.getLogger("maestro_jax.train").setLevel(logging.INFO)
+    from maestro_jax import distributed  # noqa: PLC0415
+
+    distributed.maybe_initialize(bool(config.get("distributed")))
+    # process 0 logs progress; the others only warnings and errors
+    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
+    logging.getLogger("maestro_jax.train").setLevel(level)
     # orbax logs every checkpoint phase at INFO through absl; keep its warnings and errors only
     logging.getLogger("absl").addFilter(
         lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname

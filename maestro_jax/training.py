@@ -675,8 +675,35 @@ def _batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, keys: Sequence
     return out
 
 
-def _open_data(config: Any, workdir: Path, global_batch: int) -> tuple[Any, list[str], Path]:
-    """(train iterator, class labels, data dir) for this process's share of the batch."""
+def _process_block(mesh: Mesh, global_batch: int) -> int | None:
+    """Which contiguous block of `global_batch // process_count` rows of the global batch this
+    process's devices hold under `batch_sharding` (the rows `make_array_from_process_local_data`
+    fills from this process's data), or None when they are not one aligned block."""
+    pc = jax.process_count()
+    per = global_batch // pc
+    index_map = batch_sharding(mesh, 1).devices_indices_map((global_batch,))
+    rows: set[int] = set()
+    for dev, idx in index_map.items():
+        if dev.process_index == jax.process_index():
+            rows.update(range(global_batch)[idx[0]])
+    lo = min(rows)
+    if sorted(rows) != list(range(lo, lo + per)) or lo % per:
+        return None
+    return lo // per
+
+
+def _open_data(
+    config: Any, workdir: Path, global_batch: int, mesh: Mesh | None = None
+) -> tuple[Any, list[str], Path]:
+    """(train iterator, class labels, data dir) for this process's share of the batch.
+
+    Several processes: the global stream is cut into per-process batches of
+    `global_batch // process_count` consecutive records and process p reads batch
+    `step * process_count + block(p)`, where block(p) is the block of global-batch rows its
+    devices hold; so processes read disjoint records, leave no gaps, and the assembled global
+    batch is the one a single process with all the devices would see (same losses). A mesh
+    whose processes do not hold aligned blocks falls back to the pipeline's round-robin split
+    (disjoint too, but the rows are ordered differently)."""
     from data import pipeline  # noqa: PLC0415  (repo-level package; run from a checkout)
     from data.prepare import load_classes  # noqa: PLC0415
 
@@ -706,19 +733,41 @@ def _open_data(config: Any, workdir: Path, global_batch: int) -> tuple[Any, list
         keys = ("mel", "label_index", "latents")  # skip deserialising the frames
     else:
         keys = ("mel", "label_index", "frames")
-    ds = pipeline.make_dataset(
-        data_dir,
-        config.data.split,
+    kw = dict(
         batch_size=global_batch // pc,
         seed=int(config.seed),
         shuffle=bool(config.data.shuffle),
         num_epochs=None,
-        process_index=pi,
-        process_count=pc,
         drop_remainder=True,
         keys=keys,
     )
+    block = _process_block(mesh, global_batch) if pc > 1 and mesh is not None else None
+    if block is None:
+        if pc > 1:
+            log.warning("processes hold no aligned batch blocks: round-robin data split")
+        ds = pipeline.make_dataset(
+            data_dir, config.data.split, process_index=pi, process_count=pc, **kw
+        )
+    else:
+        import grain  # noqa: PLC0415
+
+        ds = pipeline.make_map_dataset(data_dir, config.data.split, **kw)[block::pc]
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=8, prefetch_buffer_size=64))
     return iter(ds), load_classes(data_dir), data_dir
+
+
+def _compile_together(fn: Any, name: str, *args: Any) -> Any:
+    """Several processes: `fn` (jitted) compiled for `args` on every process, then a barrier
+    before its first run. A process that compiles much longer than the others (a persistent
+    cache hit on one, a busy host) would otherwise leave them waiting in the first collective,
+    and CPU (gloo) collectives give up after 30 s. One process: `fn` itself."""
+    if jax.process_count() == 1:
+        return fn
+    from maestro_jax import distributed  # noqa: PLC0415
+
+    compiled = fn.lower(*args).compile()
+    distributed.barrier(f"maestro_train_compiled_{name}")
+    return compiled
 
 
 def _ensure_synthetic(config: Any, data_dir: Path) -> None:
@@ -844,7 +893,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     log.info("mesh %s, global batch %d clips, models %s", dict(mesh.shape), global_batch, models)
 
     t_setup = time.perf_counter()
-    train_iter, labels, data_dir = _open_data(config, workdir, global_batch)
+    train_iter, labels, data_dir = _open_data(config, workdir, global_batch, mesh)
     log.info("data: %s, %d classes (%.1fs)", data_dir, len(labels), time.perf_counter() - t_setup)
     frozen, frozen_sh = init_frozen(config, models, mesh)
     null_emb, label_emb = text_caches(config, models, labels)
@@ -880,6 +929,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     if lead:
         _truncate_jsonl(metrics_path, start)
 
+    nan_step = _place(np.asarray(int(config.debug_nan_at_step), np.int32), repl)
     first = next(train_iter)
     batch_keys = [k for k in ("mel", "label_index", "latents", "frames") if k in first]
     batch_sh = {k: batch_sharding(mesh, np.ndim(first[k])) for k in batch_keys}
@@ -894,25 +944,39 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         mesh,
     )
 
+    first_global = _batch_to_global(first, mesh, batch_keys)
+    step_fn = _compile_together(step_fn, "step", state, first_global, frozen, nan_step)
+
     sample_every = int(config.sample.every_steps)
     sample_fn, heldout = None, None
     if sample_every > 0:
         heldout = _heldout_mel(config, data_dir)
         if heldout is not None:
-            sample_fn = jax.jit(make_sample_fn(models, spec, config.sample))
+            # inputs and images replicated: every process runs it, process 0 fetches the images
+            heldout = _place(heldout, repl)
+            sample_fn = jax.jit(
+                functools.partial(
+                    lambda fn, fr, p, mel: fn(fr, p, mel, jax.random.key(int(config.seed))),
+                    make_sample_fn(models, spec, config.sample),
+                ),
+                out_shardings=repl,
+            )
     writer = tb.SummaryWriter(workdir / "tb") if lead else None
     jsonl = open(metrics_path, "a") if lead else None  # noqa: SIM115
-    nan_step = jnp.asarray(int(config.debug_nan_at_step), jnp.int32)
     frames_per_clip = None
     record: dict = {}
     n_dev = jax.device_count()
     try:
         pending = first
+        sample_compiled = False
         for step in range(start + 1, total + 1):
             t_data = time.perf_counter()
-            local = pending if pending is not None else next(train_iter)
-            pending = None
-            batch = _batch_to_global(local, mesh, batch_keys)
+            if pending is not None:
+                local, batch = pending, first_global
+            else:
+                local = next(train_iter)
+                batch = _batch_to_global(local, mesh, batch_keys)
+            pending = first_global = None
             t0 = time.perf_counter()
             state, metrics = step_fn(state, batch, frozen, nan_step)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -955,9 +1019,12 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                 if writer:
                     writer.flush()
             if sample_fn is not None and step % sample_every == 0:
-                imgs = sample_fn(
-                    frozen, state["params"], jnp.asarray(heldout), jax.random.key(int(config.seed))
-                )
+                if not sample_compiled:
+                    sample_fn = _compile_together(
+                        sample_fn, "sample", frozen, state["params"], heldout
+                    )
+                    sample_compiled = True
+                imgs = sample_fn(frozen, state["params"], heldout)
                 if lead:
                     imgs = np.asarray(jax.device_get(imgs))
                     sheet = contact_sheet(
