@@ -729,10 +729,19 @@ def _open_data(
     if global_batch % pc:
         raise ValueError(f"global batch {global_batch} is not divisible by {pc} processes")
     feats = pipeline.dataset_info(data_dir)["features"]
-    if config.data.use_latents and "latents" in feats:
+    # The VAE latents cache of `python -m data.cache_latents` (on by default): used when it is
+    # complete for this split and was made by this run's VAE ("" = a random VAE: never).
+    vae = str(config.model.vae.params or "")
+    use_cache = bool(config.data.use_latents) and bool(
+        config.data.get("use_latent_cache", False)
+    )
+    use_cache = use_cache and pipeline.use_latent_cache(data_dir, config.data.split, "auto", vae)
+    if config.data.use_latents and (use_cache or "latents" in feats):
         keys = ("mel", "label_index", "latents")  # skip deserialising the frames
     else:
         keys = ("mel", "label_index", "frames")
+    if use_cache:
+        log.info("reading VAE latents from the cache in %s/latents", data_dir)
     kw = dict(
         batch_size=global_batch // pc,
         seed=int(config.seed),
@@ -740,6 +749,8 @@ def _open_data(
         num_epochs=None,
         drop_remainder=True,
         keys=keys,
+        latents=use_cache,
+        vae=vae,
     )
     block = _process_block(mesh, global_batch) if pc > 1 and mesh is not None else None
     if block is None:

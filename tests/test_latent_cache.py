@@ -218,3 +218,22 @@ def test_config_turns_cache_on():
     for v in ("vggsound", "release", "runlocal"):
         assert get_config(v).data.use_latent_cache is True
     assert CL.SCALE_FACTOR == vae_lib.SCALE_FACTOR
+
+
+def test_trainer_reads_the_cache(env, tmp_path):
+    """The trainer's data stream takes `latents` from a complete cache of its own VAE (no
+    frames decoded), and frames when the cache is switched off."""
+    from configs import cim as cim_configs
+    from maestro_jax import training
+
+    cfg = cim_configs.get_config("runlocal")
+    cfg.data.dir = str(env["data"])
+    cfg.data.split = "train"
+    cfg.model.vae.params = str(env["vae"])
+    it, classes, _ = training._open_data(cfg, tmp_path, 2)
+    batch = next(it)
+    assert "latents" in batch and "frames" not in batch
+    assert batch["latents"].shape[0] == 2 and classes
+    cfg.data.use_latent_cache = False
+    it, _, _ = training._open_data(cfg, tmp_path, 2)
+    assert "frames" in next(it)
