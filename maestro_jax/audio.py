@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -112,9 +113,17 @@ def _ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run without Python's fork() warning (JAX's threads exist in the parent, but
+    the child only exec()s ffmpeg)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        return subprocess.run(cmd, **kwargs)
+
+
 def _ffmpeg_probe(path: Path) -> tuple[int, int]:
     """(sample rate, channels) of the first audio stream, from ffmpeg's stream listing."""
-    proc = subprocess.run(
+    proc = _run(
         [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
         capture_output=True,
         text=True,
@@ -171,7 +180,7 @@ def _load_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         str(sr),
         "pipe:1",
     ]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = _run(cmd, capture_output=True)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
         raise AudioLoadError(

@@ -10,6 +10,7 @@ import contextlib
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,8 +113,13 @@ def write_video(
             audio_path=audio_path,
             audio_codec="aac" if audio_path else None,
             output_params=["-movflags", "+faststart"],
+            ffmpeg_log_level="error",
         )
-        writer.send(None)
+        with warnings.catch_warnings():
+            # ffmpeg runs as a child process; Python warns about fork() once JAX has threads,
+            # but the child only exec()s ffmpeg.
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            writer.send(None)
         for f in frames:
             writer.send(np.ascontiguousarray(f))
         writer.close()
