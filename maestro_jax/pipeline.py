@@ -355,8 +355,12 @@ def build_edits(
     return c_merge, null_f, locate, mos
 
 
-def _maestro_one(params, c_merge, null_f, locate, mos, x_T, key, models, settings):
-    """One job (B = 1): latents [1, F, h, w, 4]."""
+def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, models, settings):
+    """One job (B = 1): latents [1, F, h, w, 4].
+
+    In 'maestro' mode the phase is chosen per step with `lax.cond(step < n_d, ...)` on a traced
+    N_D shared by the batch (an unbatched predicate stays a real branch under vmap), so every
+    N_D value reuses one compiled sampler (an N_D sweep compiles once)."""
     cond = {"context": c_merge[None]}
     uncond = {"context": null_f[None]}
     common = dict(
@@ -370,16 +374,23 @@ def _maestro_one(params, c_merge, null_f, locate, mos, x_T, key, models, setting
         return ddim_sample(_unet_fn(models, params, fps, locate), x_T, **common)
     if settings.mode == "mosaic":
         return ddim_sample(_unet_fn(models, params, fps, mos), x_T, **common)
-    fns = (_unet_fn(models, params, fps, locate), _unet_fn(models, params, fps, mos))
-    return ddim_sample(fns, x_T, n_switch=settings.n_d, **common)
+    fn_locate = _unet_fn(models, params, fps, locate)
+    fn_mosaic = _unet_fn(models, params, fps, mos)
+
+    def fn(x, t, c, step):
+        return jax.lax.cond(step < n_d, fn_locate, fn_mosaic, x, t, c, step)
+
+    return ddim_sample(fn, x_T, **common)
 
 
 @functools.partial(jax.jit, static_argnames=("models_static", "settings"))
-def _sample_maestro_batch(params, c_merge, null_f, locate, mos, x_T, keys, models_static, settings):
-    """vmapped over a leading job axis of every array argument (params shared)."""
+def _sample_maestro_batch(
+    params, n_d, c_merge, null_f, locate, mos, x_T, keys, models_static, settings
+):
+    """vmapped over a leading job axis of every array argument (params and N_D shared)."""
     one = functools.partial(_maestro_one, models=models_static.models, settings=settings)
-    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0, 0))(
-        params, c_merge, null_f, locate, mos, x_T, keys
+    return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0))(
+        params, n_d, c_merge, null_f, locate, mos, x_T, keys
     )
 
 
@@ -435,7 +446,9 @@ def sample_maestro(
 
         data = NamedSharding(mesh, P("data"))
         args = [jax.tree.map(lambda a: jax.device_put(a, data), x) for x in args]
-    out = _sample_maestro_batch(models.unet_params, *args, _static(models), settings)
+    n_d = jnp.asarray(settings.n_d, jnp.int32)  # traced: N_D values share one compile
+    static = dataclasses.replace(settings, n_d=0)
+    out = _sample_maestro_batch(models.unet_params, n_d, *args, _static(models), static)
     return out[:, 0]
 
 
