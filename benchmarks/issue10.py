@@ -1,0 +1,708 @@
+"""Issue 10 ("Speed on GPU and TPU"): every target measured by one run, printed as one table.
+
+    # GPU (H100 / H200), full size: 320x512, 16 frames, 50 DDIM steps, CFG 12, bf16 compute
+    python benchmarks/issue10.py --size full --json $OUT/issue10.json --deadline-s 560
+    # CPU smoke (tiny random models, a few frames; proves the script runs end to end)
+    python benchmarks/issue10.py --size tiny --skip-train
+
+What is measured (random weights of the full-size shapes: speed does not depend on values):
+  matmul     the card's bf16 dense matmul rate, measured with big `jnp.dot`s (the MFU denominator);
+  sample     one whole Maestro sample through `pipeline.prepare_job` + `pipeline.sample_maestro`
+             + `pipeline.decode` (N_A = 2 sources, LR boxes, N_D = 6 locate steps then Mosaic
+             Denoising, CFG, eta 1): compile time (XLA events) and the median of 2 timed runs, the
+             sampling and the VAE decode timed apart, and the device's peak memory right after;
+  forwards   one CFG sampling step's UNet call (batch 2 = [uncond; cond], Mosaic edit) and plain
+             batch-1 / batch-2 forwards: compile time, median time, XLA's FLOP count, MFU;
+  train      the CIM training step (`benchmarks/train_step.py`, its own process so its memory is
+             its own): step time, clips/s/device, MFU.
+
+The orchestrator runs `sample` and `train` each in a child process (a clean device: peak memory
+is per phase, and JAX's GPU preallocation of one process cannot starve the other); a child
+writes its JSON after every measurement, so a phase cut short by --deadline-s still reports what
+it finished. Targets and reference numbers are those of issue 10 (the reference numbers were
+measured by others on an H100 with the original PyTorch code).
+
+MFU = spec FLOPs / time / measured matmul rate (and, for comparison, / the datasheet peak).
+Spec FLOPs: one VideoCrafter2 UNet forward at 16x40x64 latents, batch 1 = 12.58 TFLOP
+(video_models.md), so a CFG step (batch 2) = 25.2 TFLOP; the Mosaic edit adds little. For the
+tiny size the spec count does not apply and XLA's own count is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# ---------------------------------------------------------------------------- issue 10 numbers
+SPEC_TFLOP_FWD_B1 = 12.58  # VC2 UNet forward, 16x40x64 latent, batch 1 (spec)
+SPEC_TFLOP_CFG_STEP = 2 * SPEC_TFLOP_FWD_B1
+REF = {  # original PyTorch code on an H100 (issue 10)
+    "fwd_b1_ms": 234.0,
+    "fwd_b2_ms": 314.0,
+    "decode_s": 0.30,
+    "sample_s": 23.7,
+    "mfu_pct": 11.0,
+    "peak_gb": 7.6,
+}
+TARGET_SAMPLE_S = 6.0  # whole multi-source sample incl. decode, H100
+TARGET_PEAK_GB = 24.0
+DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
+
+SIZES = {
+    # frames, height, width (pixels), N_Q, steps
+    "full": dict(frames=16, height=320, width=512, n_q=10, steps=50),
+    "tiny": dict(frames=4, height=32, width=64, n_q=4, steps=50),
+}
+
+
+T0 = time.perf_counter()  # process start (deadlines are counted from here)
+
+
+# ============================================================================ child: sample phase
+def _compile_events():
+    """Sum of JAX's compile-event durations (trace + lower + XLA backend) while active."""
+    import jax.monitoring as mon
+
+    acc = {"trace": 0.0, "lower": 0.0, "backend": 0.0}
+    names = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "backend",
+    }
+
+    def listener(event: str, duration: float, **_: Any) -> None:
+        if event in names:
+            acc[names[event]] += duration
+
+    mon.register_event_duration_secs_listener(listener)
+    return acc, listener
+
+
+def _peak_bytes() -> int | None:
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001  (some backends raise instead of returning None)
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _in_use_bytes() -> int | None:
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return int(stats["bytes_in_use"]) if stats and "bytes_in_use" in stats else None
+
+
+def _xla_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (not every backend implements it)
+        return None
+    if isinstance(ca, list | tuple):
+        ca = ca[0] if ca else None
+    f = ca.get("flops") if ca else None
+    return float(f) if f and f > 0 else None
+
+
+def fast_random_like(shapes: Any, seed: int = 0, pool_size: int = 1 << 24) -> Any:
+    """`maestro_jax.nn.random_init.random_like`'s rules (kernel ~ N(0, 1/fan_in), scale 1,
+    bias 0, other floats N(0, 0.02^2)) with the normal draws taken as slices of one shared
+    float32 pool: 1.4 B full-size UNet params in seconds instead of a minute (values only need
+    realistic statistics here, not independence)."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pool = rng.standard_normal(pool_size, dtype=np.float32)
+
+    def normal(n: int) -> np.ndarray:
+        if n > pool_size:
+            return np.resize(pool, n)
+        start = int(rng.integers(0, pool_size - n + 1))
+        return pool[start : start + n]
+
+    def draw(path, leaf):
+        name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+        shape, n = tuple(leaf.shape), int(np.prod(leaf.shape))
+        if name == "kernel":
+            std = 1.0 / np.sqrt(max(int(np.prod(shape[:-1])), 1))
+            return (normal(n) * np.float32(std)).reshape(shape)
+        if name in ("scale", "var"):
+            return np.ones(shape, np.float32)
+        if name in ("bias", "mean"):
+            return np.zeros(shape, np.float32)
+        return (normal(n) * np.float32(0.02)).reshape(shape)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
+    """`pipeline.Models` with full-size (or tiny) VC2 UNet + VAE and random weights.
+
+    The text encoder only provides the null embedding, so it is a small random one of the UNet's
+    context width (its cost is not part of any target)."""
+    import jax
+    import jax.numpy as jnp
+
+    from maestro_jax import pipeline
+    from maestro_jax.diffusion import Schedule
+    from maestro_jax.models import clip_text as ct
+    from maestro_jax.models.unet import UNet, UNetConfig
+    from maestro_jax.models.vae import AutoencoderKL, VAEConfig
+    from maestro_jax.nn.random_init import random_like
+
+    impls = dict(
+        attn_impl=args.attn_impl,
+        attn_impl_self=args.attn_impl_self,
+        attn_impl_cross=args.attn_impl_cross,
+        attn_impl_temporal=args.attn_impl_temporal,
+        remat=args.remat,
+    )
+    if args.size == "full":
+        unet_cfg = UNetConfig.vc2(dtype=args.dtype, **impls)
+        vae_cfg = VAEConfig.sd(dtype=jnp.dtype(args.dtype))
+        text_cfg = ct.tiny(width=unet_cfg.context_dim, heads=16, layers=2, embed_dim=None)
+    else:
+        unet_cfg, vae_cfg, text_cfg = pipeline.tiny_configs(args.dtype)
+        unet_cfg = unet_cfg.replace(**impls)
+    t0 = time.perf_counter()
+    d = unet_cfg.context_dim
+    unet_shapes = jax.eval_shape(
+        lambda: UNet(unet_cfg).init(
+            jax.random.key(0),
+            jnp.zeros((1, 2, 8, 8, 4)),
+            jnp.zeros((1,)),
+            jnp.zeros((1, 77, d)),
+            jnp.ones((1,)),
+        )["params"]
+    )
+    vae_shapes = jax.eval_shape(
+        lambda: AutoencoderKL(vae_cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    )
+    pdt = jnp.dtype(args.param_dtype)
+    unet_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), fast_random_like(unet_shapes, 0))
+    vae_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), fast_random_like(vae_shapes, 1))
+    text_p = random_like(ct.abstract_params(text_cfg), 2)
+    text_p = jax.tree.map(jnp.asarray, text_p)
+    jax.block_until_ready((unet_p, vae_p))
+    n_unet = sum(int(x.size) for x in jax.tree.leaves(unet_p))
+    n_vae = sum(int(x.size) for x in jax.tree.leaves(vae_p))
+    models = pipeline.Models(
+        unet_cfg,
+        unet_p,
+        vae_cfg,
+        vae_p,
+        text_cfg,
+        text_p,
+        pipeline.HashTokenizer(),
+        Schedule.vc2(),
+        random=True,
+    )
+    info = {
+        "unet_params_m": n_unet / 1e6,
+        "vae_params_m": n_vae / 1e6,
+        "setup_s": time.perf_counter() - t0,
+        "attn_impls": {k: unet_cfg.impl(k) for k in ("self", "cross", "temporal")},
+    }
+    return models, info
+
+
+def measure_matmul(dtype: str, sizes: list[int], iters: int) -> dict:
+    """Best dense matmul rate over square sizes: TFLOP/s (2 n^3 per product)."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda a, b: jnp.dot(a, b))
+    best = {"tflops": 0.0}
+    for n in sizes:
+        k1, k2 = jax.random.split(jax.random.key(n))
+        a = jax.random.normal(k1, (n, n), jnp.dtype(dtype))
+        b = jax.random.normal(k2, (n, n), jnp.dtype(dtype))
+        jax.block_until_ready(f(a, b))
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            outs = [f(a, b) for _ in range(iters)]
+            jax.block_until_ready(outs)
+            ts.append((time.perf_counter() - t0) / iters)
+            del outs
+        tflops = 2 * n**3 / min(ts) / 1e12
+        if tflops > best["tflops"]:
+            best = {"tflops": tflops, "n": n, "dtype": dtype, "ms": min(ts) * 1e3}
+        del a, b
+    return best
+
+
+def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
+    """Everything that runs in the sampling process; returns (and writes after every step)
+    the results dict."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from maestro_jax import mosaic, pipeline
+    from maestro_jax.models.unet import UNet
+
+    res: dict[str, Any] = {"errors": {}}
+
+    def save() -> None:
+        if out_json is not None:
+            tmp = out_json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=1, default=str))
+            tmp.replace(out_json)
+
+    dev = jax.devices()[0]
+    res["device"] = {
+        "kind": dev.device_kind,
+        "platform": dev.platform,
+        "count": jax.device_count(),
+        "jax": jax.__version__,
+    }
+    size = dict(SIZES[args.size])
+    if args.steps:
+        size["steps"] = args.steps
+    res["size"] = {**size, "name": args.size, "dtype": args.dtype, "param_dtype": args.param_dtype,
+                   "frame_chunk": args.frame_chunk, "remat": args.remat}  # fmt: skip
+    acc, listener = _compile_events()
+
+    models, info = build_models(args, size)
+    res["models"] = info
+    res["memory_after_params_gb"] = (_in_use_bytes() or 0) / 1e9 or None
+    save()
+    print(f"[issue10] models ready in {info['setup_s']:.1f} s: UNet {info['unet_params_m']:.0f} M, "
+          f"VAE {info['vae_params_m']:.1f} M, attention {info['attn_impls']}", flush=True)  # fmt: skip
+
+    # ---- one Maestro job: N_A = 2 random audio sources, LR boxes, mosaic on, N_D = 6
+    spec = pipeline.VideoSpec(size["frames"], size["height"], size["width"])
+    d = models.context_width
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.standard_normal((2, 2, size["n_q"], d)).astype(np.float32))
+    loc_boxes, mos_boxes = mosaic.preset("LR")
+    n_d = 6 if size["steps"] > 6 else size["steps"] // 2  # both phases run, even in a smoke run
+    settings = pipeline.SamplerSettings(steps=size["steps"], n_d=n_d)
+    job = pipeline.prepare_job(models, tokens, loc_boxes, mos_boxes, spec, seed=0)
+    jax.block_until_ready(job.x_T)
+    fc = args.frame_chunk or None
+
+    def one_sample() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        lat = jax.block_until_ready(pipeline.sample_maestro(models, [job], settings))
+        t1 = time.perf_counter()
+        frames = pipeline.decode(models, lat, frame_chunk=fc)  # numpy: waits for the device
+        t2 = time.perf_counter()
+        assert frames.shape == (1, spec.num_frames, spec.height, spec.width, 3), frames.shape
+        return t1 - t0, t2 - t1
+
+    try:
+        for k in acc:
+            acc[k] = 0.0
+        t0 = time.perf_counter()
+        first = one_sample()
+        first_total = time.perf_counter() - t0
+        comp = dict(acc)
+        print(f"[issue10] first sample (compile + run): {first_total:.1f} s", flush=True)
+        runs = [one_sample() for _ in range(args.sample_runs)]
+        s_t = statistics.median(r[0] for r in runs)
+        d_t = statistics.median(r[1] for r in runs)
+        res["sample"] = {
+            "sampling_s": s_t,
+            "decode_s": d_t,
+            "total_s": statistics.median(r[0] + r[1] for r in runs),
+            "runs": runs,
+            "first_call_s": first_total,
+            "first_call": first,
+            "compile_events_s": comp,
+            "compile_s": sum(comp.values()),
+            "compile_est_s": first_total - (s_t + d_t),
+            "per_step_ms": 1e3 * s_t / size["steps"],
+            "peak_gb": (_peak_bytes() or 0) / 1e9 or None,
+        }
+        print(f"[issue10] sample {s_t:.2f} s + decode {d_t:.2f} s", flush=True)
+    except Exception as e:  # noqa: BLE001  (report it in the table; go on with the rest)
+        res["errors"]["sample"] = f"{type(e).__name__}: {e}"
+        print(f"[issue10] sample FAILED: {res['errors']['sample']}", flush=True)
+    save()
+
+    # ---- the card's matmul rate (after the sample, so its buffers are not in the sample's peak)
+    try:
+        sizes = [4096, 8192, 16384] if dev.platform == "gpu" else [256, 512]
+        res["matmul"] = measure_matmul(args.matmul_dtype or args.dtype, sizes, args.matmul_iters)
+        print(f"[issue10] matmul {res['matmul']}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        res["errors"]["matmul"] = f"{type(e).__name__}: {e}"
+    save()
+
+    # ---- single UNet calls: the CFG step (batch 2 with the Mosaic edit) and plain forwards
+    if not args.skip_forwards:
+        unet = UNet(models.unet_config)
+        f_, (h, w) = spec.num_frames, spec.latent_hw(models)
+        null_f = job.null_f
+        x1 = jax.random.normal(jax.random.key(1), (1, f_, h, w, 4), jnp.float32)
+        x2 = jnp.concatenate([x1, x1])
+        ctx1 = job.c_merge
+        ctx2 = jnp.concatenate([null_f, job.c_merge])  # rows: [uncond F; cond F] (CFG batch)
+
+        def fwd(params, x, ctx, edit):
+            n = x.shape[0]
+            return unet.apply({"params": params}, x, jnp.full((n,), 501), ctx,
+                              fps=jnp.full((n,), 8.0), attn_edit=edit)  # fmt: skip
+
+        cases = [
+            ("cfg_step", (x2, ctx2, job.mosaic)),
+            ("fwd_b2", (x2, ctx2, None)),
+            ("fwd_b1", (x1, ctx1, None)),
+        ]
+        need = 90.0 if dev.platform == "gpu" else 30.0  # first guess of compile + runs
+        for name, (x, ctx, edit) in cases:
+            if args.phase_deadline and time.perf_counter() - T0 + need > args.phase_deadline:
+                res["errors"][name] = "skipped: not enough time left before the deadline"
+                print(f"[issue10] {name} skipped (deadline)", flush=True)
+                save()
+                continue
+            try:
+                for k in acc:
+                    acc[k] = 0.0
+                t0 = time.perf_counter()
+                compiled = jax.jit(fwd).lower(models.unet_params, x, ctx, edit).compile()
+                wall = time.perf_counter() - t0
+                jax.block_until_ready(compiled(models.unet_params, x, ctx, edit))
+                ts = []
+                for _ in range(args.fwd_iters):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(compiled(models.unet_params, x, ctx, edit))
+                    ts.append(time.perf_counter() - t0)
+                res[name] = {
+                    "ms": 1e3 * statistics.median(ts),
+                    "min_ms": 1e3 * min(ts),
+                    "compile_s": wall,
+                    "xla_tflop": (_xla_flops(compiled) or 0) / 1e12 or None,
+                }
+                print(f"[issue10] {name}: {res[name]}", flush=True)
+                need = 1.3 * (wall + (args.fwd_iters + 1) * statistics.median(ts)) + 5
+            except Exception as e:  # noqa: BLE001
+                res["errors"][name] = f"{type(e).__name__}: {e}"
+                print(f"[issue10] {name} FAILED: {res['errors'][name]}", flush=True)
+            save()
+
+    import jax.monitoring as mon
+
+    try:
+        mon.unregister_event_duration_listener(listener)
+    except Exception:  # noqa: BLE001  (older JAX: nothing to unregister by function)
+        pass
+    return res
+
+
+# ============================================================================ train phase
+_TRAIN_PATTERNS = {
+    "compile_s": r"^\s*compile\s+([\d.]+) s",
+    "step_ms": r"^\s*step time\s+([\d.]+) ms",
+    "clips_per_s_per_device": r"^\s*clips/s/device\s+([\d.]+)",
+    "frames_per_s_per_device": r"^\s*frames/s/device\s+([\d.]+)",
+    "peak_gib": r"^\s*peak memory/device\s+([\d.]+) GiB",
+    "xla_tflop": r"^\s*FLOPs/step/device \(XLA\)\s+([\d.]+) T",
+    "spec_tflop": r"^\s*FLOPs/step/device \(spec\)\s+([\d.]+) T",
+    "mfu_datasheet_pct": r"^\s*MFU \(spec FLOPs\)\s+([\d.]+) %",
+    "mfu_xla_datasheet_pct": r"^\s*MFU \(XLA FLOPs\)\s+([\d.]+) %",
+    "loss": r"^\s*loss \(sanity\)\s+([-\d.naif]+)",
+}
+
+
+def parse_train_output(text: str) -> dict:
+    out: dict[str, Any] = {}
+    for k, pat in _TRAIN_PATTERNS.items():
+        m = re.search(pat, text, re.MULTILINE)
+        if m:
+            try:
+                out[k] = float(m.group(1))
+            except ValueError:
+                out[k] = m.group(1)
+    return out
+
+
+def run_train_phase(args: argparse.Namespace, timeout: float) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_step.py")]
+    env = dict(os.environ)
+    if args.size == "tiny":
+        cmd += ["--size", "runlocal", "--steps", "3"]
+        # runlocal's mesh wants 8 devices: simulate them on the CPU
+        env.setdefault("JAX_PLATFORMS", "cpu")
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip()
+    else:
+        cmd += ["--size", "full", "--steps", str(args.train_steps), "--mesh", "1,1"]
+        if args.dtype:
+            cmd += ["--dtype", args.dtype]
+        if args.attn_impl:
+            cmd += ["--attn_impl", args.attn_impl]
+    if args.remat:
+        cmd += ["--remat"]
+    print(f"[issue10] train: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return {"error": f"timed out after {timeout:.0f} s", "tail": text[-2000:]}
+    text = p.stdout + p.stderr
+    res = parse_train_output(p.stdout)
+    res["wall_s"] = time.perf_counter() - t0
+    if p.returncode != 0 or "step_ms" not in res:
+        res["error"] = f"exit {p.returncode}: " + text.strip()[-1500:]
+    print(p.stdout[-3000:], flush=True)
+    return res
+
+
+# ============================================================================ table
+def _peak_datasheet(kind: str) -> float | None:
+    for k, v in DATASHEET_BF16_TFLOPS.items():
+        if k in kind:
+            return v
+    return None
+
+
+def build_table(r: dict, args: argparse.Namespace) -> tuple[str, list[dict]]:
+    full = args.size == "full"
+    dev = r.get("device", {})
+    kind = dev.get("kind", "?")
+    rate = (r.get("matmul") or {}).get("tflops")
+    sheet = _peak_datasheet(kind)
+    rows: list[dict] = []
+
+    def row(target, ours, ref="", goal="", ok=None, note=""):
+        verdict = "n/a" if ok is None else ("PASS" if ok else "FAIL")
+        rows.append(dict(target=target, ours=ours, ref=ref, goal=goal, verdict=verdict, note=note))
+
+    def err(name):
+        e = r.get("errors", {}).get(name)
+        return f"error: {e[:80]}" if e else "not run"
+
+    def mfu(tflop, seconds, peak):
+        return 100 * tflop / seconds / peak if tflop and seconds and peak else None
+
+    row("card", f"{kind} x {dev.get('count', '?')}")
+    mm = r.get("matmul")
+    row("(1) card matmul rate (measured)",
+        f"{mm['tflops']:.4g} TFLOP/s ({mm['dtype']}, n={mm['n']})" if mm else err("matmul"),
+        "", "", None, f"datasheet {sheet:.0f}" if sheet else "")  # fmt: skip
+
+    cs = r.get("cfg_step")
+    spec_tf = SPEC_TFLOP_CFG_STEP if full else None
+    if cs:
+        tf = spec_tf or cs.get("xla_tflop")
+        m = mfu(tf, cs["ms"] / 1e3, rate)
+        row("(1) CFG step: UNet batch 2 + Mosaic edit", f"{cs['ms']:.1f} ms",
+            f"{REF['fwd_b2_ms']:.0f} ms (b2 fwd)", "", None,
+            f"XLA count {cs['xla_tflop']:.2f} TFLOP" if cs.get("xla_tflop") else "")  # fmt: skip
+        row("(1) CFG step MFU vs measured matmul",
+            f"{m:.1f} %" if m is not None else "n/a",
+            f"{REF['mfu_pct']:.0f} %", f"> {REF['mfu_pct']:.0f} % (ref)",
+            (m > REF["mfu_pct"]) if (m is not None and full) else None,
+            f"{'spec' if spec_tf else 'XLA'} {tf:.3g} TFLOP"
+            + (f"; vs datasheet {mfu(tf, cs['ms'] / 1e3, sheet):.1f} %" if sheet else ""))  # fmt: skip
+    else:
+        row("(1) CFG step MFU", err("cfg_step"), f"{REF['mfu_pct']:.0f} %")
+    for name, label, ref in (("fwd_b1", "UNet forward batch 1", REF["fwd_b1_ms"]),
+                             ("fwd_b2", "UNet forward batch 2 (plain)", REF["fwd_b2_ms"])):  # fmt: skip
+        fw = r.get(name)
+        if fw:
+            b = 1 if name == "fwd_b1" else 2
+            m = mfu(SPEC_TFLOP_FWD_B1 * b if full else fw.get("xla_tflop"), fw["ms"] / 1e3, rate)
+            row(label, f"{fw['ms']:.1f} ms", f"{ref:.0f} ms", "< ref", fw["ms"] < ref if full
+                else None, f"MFU {m:.1f} %" if m is not None else "")  # fmt: skip
+        else:
+            row(label, err(name), f"{ref:.0f} ms")
+
+    s = r.get("sample")
+    if s:
+        per_step_mfu = mfu(spec_tf, s["per_step_ms"] / 1e3, rate)
+        row("(2) whole sample incl. decode (wall)", f"{s['total_s']:.2f} s",
+            f"{REF['sample_s']:.1f} s (sampling only)", f"<= {TARGET_SAMPLE_S:.0f} s (H100)",
+            s["total_s"] <= TARGET_SAMPLE_S if full else None,
+            f"median of {len(s['runs'])}")  # fmt: skip
+        row(f"(2) of which sampling ({r['size']['steps']} CFG steps)", f"{s['sampling_s']:.2f} s",
+            f"{REF['sample_s']:.1f} s", "", None,
+            f"{s['per_step_ms']:.0f} ms/step"
+            + (f", MFU {per_step_mfu:.1f} %" if per_step_mfu is not None else ""))  # fmt: skip
+        row("(2) of which VAE decode (16 frames)" if full else "(2) of which VAE decode",
+            f"{s['decode_s']:.2f} s", f"{REF['decode_s']:.2f} s", "", None,
+            f"frame_chunk {args.frame_chunk or 'all'}")  # fmt: skip
+        pk = s.get("peak_gb")
+        row("(3) peak device memory, one sample", f"{pk:.2f} GB" if pk else "n/a (no memory_stats)",
+            f"{REF['peak_gb']:.1f} GB", f"<= {TARGET_PEAK_GB:.0f} GB",
+            (pk <= TARGET_PEAK_GB) if (pk and full) else None,
+            f"params {args.param_dtype}, remat {args.remat}, frame_chunk "
+            f"{args.frame_chunk or 'all'}")  # fmt: skip
+        ce = s["compile_events_s"]
+        row("(5) compile: sample + decode", f"{s['compile_s']:.1f} s",
+            "", "", None,
+            f"XLA {ce['backend']:.1f} s, trace {ce['trace']:.1f} s, lower {ce['lower']:.1f} s; "
+            f"first call - steady run = {s['compile_est_s']:.1f} s")  # fmt: skip
+    else:
+        row("(2) whole sample incl. decode", err("sample"), f"{REF['sample_s']:.1f} s",
+            f"<= {TARGET_SAMPLE_S:.0f} s", False if full else None)  # fmt: skip
+        row("(3) peak device memory, one sample", err("sample"), f"{REF['peak_gb']:.1f} GB",
+            f"<= {TARGET_PEAK_GB:.0f} GB", False if full else None)  # fmt: skip
+    for name in ("cfg_step", "fwd_b2", "fwd_b1"):
+        if r.get(name):
+            row(f"(5) compile: {name}", f"{r[name]['compile_s']:.1f} s")
+
+    t = r.get("train")
+    if t is None:
+        row("(4) CIM train step", "skipped (--skip-train)")
+    elif "step_ms" in t:
+        tf = t.get("spec_tflop") or t.get("xla_tflop")
+        m = mfu(tf, t["step_ms"] / 1e3, rate)
+        row("(4) CIM train step time", f"{t['step_ms']:.1f} ms", "", "", None,
+            f"compile {t.get('compile_s', float('nan')):.1f} s; peak "
+            + (f"{t['peak_gib']:.2f} GiB" if "peak_gib" in t else "n/a"))  # fmt: skip
+        row("(4) CIM train clips/s/device", f"{t.get('clips_per_s_per_device', float('nan')):.3f}",
+            "", "", None, f"frames/s/device {t.get('frames_per_s_per_device', float('nan')):.2f}")  # fmt: skip
+        row("(4) CIM train MFU vs measured matmul", f"{m:.1f} %" if m is not None else "n/a",
+            "", "", None,
+            (f"{'spec' if t.get('spec_tflop') else 'XLA'} {tf:.3g} TFLOP/step" if tf else "")
+            + (f"; vs datasheet {t['mfu_datasheet_pct']:.1f} %"
+               if "mfu_datasheet_pct" in t else ""))  # fmt: skip
+    else:
+        row("(4) CIM train step", f"error: {t.get('error', '?')[:100]}")
+
+    head = (
+        f"Issue 10 targets: {kind} ({dev.get('platform', '?')}), jax {dev.get('jax', '?')}, "
+        f"size {args.size} ({r.get('size', {}).get('frames')}x{r.get('size', {}).get('height')}x"
+        f"{r.get('size', {}).get('width')}, {r.get('size', {}).get('steps')} steps), compute "
+        f"{args.dtype}, attention {r.get('models', {}).get('attn_impls')}, random weights"
+    )
+    lines = [head, "", "| target | ours | reference (PyTorch, H100) | goal | verdict | notes |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for x in rows:
+        cells = [x["target"], x["ours"], x["ref"], x["goal"], x["verdict"], x["note"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    if not full:
+        lines.append("")
+        lines.append("(tiny size: verdicts are n/a; the targets apply to the full size on GPU)")
+    return "\n".join(lines), rows
+
+
+# ============================================================================ main
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--dtype", default=None, help="compute dtype (full: bfloat16, tiny: float32)")
+    ap.add_argument("--param-dtype", default="float32", help="storage dtype of UNet/VAE params")
+    ap.add_argument("--attn-impl", default=None, help="xla | cudnn | splash (default: cudnn on "
+                    "GPU, else xla)")  # fmt: skip
+    ap.add_argument("--attn-impl-self", default=None)
+    ap.add_argument("--attn-impl-cross", default=None)
+    ap.add_argument("--attn-impl-temporal", default=None)
+    ap.add_argument("--frame-chunk", type=int, default=0, help="VAE decode frames at a time")
+    ap.add_argument("--remat", action="store_true", help="UNet remat (training only matters)")
+    ap.add_argument("--steps", type=int, default=0, help="DDIM steps (default 50)")
+    ap.add_argument("--sample-runs", type=int, default=2)
+    ap.add_argument("--fwd-iters", type=int, default=5)
+    ap.add_argument("--matmul-dtype", default=None, help="default: --dtype")
+    ap.add_argument("--matmul-iters", type=int, default=20)
+    ap.add_argument("--skip-forwards", action="store_true", help="no single-UNet-call timings")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--train-steps", type=int, default=5)
+    ap.add_argument("--deadline-s", type=float, default=0, help="wall budget of the whole run "
+                    "(0 = none): phases past it are cut, their partial results kept")  # fmt: skip
+    ap.add_argument("--train-reserve-s", type=float, default=200,
+                    help="with --deadline-s: seconds kept for the training phase")  # fmt: skip
+    ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--phase", choices=("all", "sample"), default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--phase-json", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--phase-deadline", type=float, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the sample phase in this process (tests)")  # fmt: skip
+    return ap
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.size == "full" else "float32"
+    return args
+
+
+def _child_defaults(args: argparse.Namespace) -> None:
+    """Backend-dependent defaults (resolved in the process that owns the device)."""
+    import jax
+
+    if args.attn_impl is None:
+        args.attn_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _resolve(_parser().parse_args(argv))
+    t_start = time.perf_counter()
+    if args.phase == "sample":  # child
+        _child_defaults(args)
+        return run_sample_phase(args, Path(args.phase_json) if args.phase_json else None)
+
+    def left() -> float:
+        if not args.deadline_s:
+            return 1e9
+        return args.deadline_s - (time.perf_counter() - t_start)
+
+    if args.in_process:
+        _child_defaults(args)
+        results = run_sample_phase(args, None)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            pj = Path(tmp) / "sample.json"
+            cmd = [sys.executable, __file__, "--phase", "sample", "--phase-json", str(pj)]
+            cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
+            # the training child needs time too: give sampling at most ~70% of what is left
+            budget = left() - (3 if args.skip_train else args.train_reserve_s)
+            cmd += ["--phase-deadline", f"{budget - 10:.0f}"] if args.deadline_s else []
+            try:
+                rc = subprocess.run(cmd, timeout=budget).returncode
+                note = None if rc == 0 else f"sample process exit {rc}"
+            except subprocess.TimeoutExpired:
+                note = f"sample process cut at the deadline ({budget:.0f} s)"
+            results = json.loads(pj.read_text()) if pj.exists() else {"errors": {}}
+            if note:
+                results.setdefault("errors", {})["process"] = note
+                print(f"[issue10] {note}", flush=True)
+    if not args.skip_train:
+        if left() > 30:
+            results["train"] = run_train_phase(args, left() - 5)
+        else:
+            results["train"] = {"error": "no time left before the deadline"}
+    table, rows = build_table(results, args)
+    results["table_rows"] = rows
+    results["wall_s"] = time.perf_counter() - t_start
+    print()
+    print(table)
+    if results.get("errors"):
+        print("\nerrors:", json.dumps(results["errors"], indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
