@@ -732,9 +732,7 @@ def _open_data(
     # The VAE latents cache of `python -m data.cache_latents` (on by default): used when it is
     # complete for this split and was made by this run's VAE ("" = a random VAE: never).
     vae = str(config.model.vae.params or "")
-    use_cache = bool(config.data.use_latents) and bool(
-        config.data.get("use_latent_cache", False)
-    )
+    use_cache = bool(config.data.use_latents) and bool(config.data.get("use_latent_cache", False))
     use_cache = use_cache and pipeline.use_latent_cache(data_dir, config.data.split, "auto", vae)
     if config.data.use_latents and (use_cache or "latents" in feats):
         keys = ("mel", "label_index", "latents")  # skip deserialising the frames
