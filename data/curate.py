@@ -121,30 +121,17 @@ def tiny_imagebind_config():
 def load_imagebind(spec: str | os.PathLike, seed: int = 0) -> tuple[Any, dict]:
     """(ImageBindConfig, {'audio', 'vision', 'text': params}) from a convert.imagebind folder, or
     a random tiny model for spec 'random-tiny'."""
-    import jax
 
     from maestro_jax.models import imagebind as ib
 
     if str(spec) == "random-tiny":
         cfg = tiny_imagebind_config()
-        # Shapes from eval_shape, values from numpy: initialising with jax.random would compile
-        # threefry per branch (~6 s each on CPU) for weights that only need to be random.
-        rng = np.random.default_rng(seed)
-
-        def fill(path, leaf):
-            name = str(getattr(path[-1], "key", path[-1]))
-            if name == "scale":
-                return np.ones(leaf.shape, np.float32)
-            if name == "log_logit_scale":
-                return np.full(leaf.shape, np.log(20.0), np.float32)
-            if name == "bias" and len(leaf.shape) == 1:
-                return np.zeros(leaf.shape, np.float32)
-            fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-            std = 1.0 / np.sqrt(max(fan_in, 1)) if len(leaf.shape) > 1 else 0.02
-            return (rng.standard_normal(leaf.shape) * std).astype(np.float32)
+        # Shapes from eval_shape, values from numpy (`random_like`): initialising with
+        # jax.random would compile threefry per branch (~6 s each on CPU).
+        from maestro_jax.nn.random_init import random_like
 
         shapes = ib.init_shapes(cfg)
-        params = {m: jax.tree_util.tree_map_with_path(fill, shapes[m]) for m in ib.MODALITIES}
+        params = {m: random_like(shapes[m], seed + k) for k, m in enumerate(ib.MODALITIES)}
         return cfg, params
     from maestro_jax.checkpoints import load_params
 

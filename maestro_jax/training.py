@@ -52,6 +52,7 @@ from maestro_jax.models import imagebind as ib
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.models.cim import CIM, CIMConfig
 from maestro_jax.models.unet import UNet, UNetConfig
+from maestro_jax.nn.random_init import random_like
 from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings
 
 log = logging.getLogger("maestro_jax.train")
@@ -482,26 +483,9 @@ def _frozen_spec(models: Models) -> dict[str, tuple[Any, tuple]]:
 
 
 def random_params(abstract: Any, seed: int) -> Any:
-    """Random weights for a frozen model from its parameter shapes, drawn with numpy: kernels and
-    embeddings N(0, 1/fan_in) (fan_in = prod(shape[:-1]), embeddings 0.02), norm scales 1,
-    biases 0, other leaves N(0, 0.02). For smoke runs and benchmarks only (`model.random_init`):
-    jitting a model's own `init` compiles its whole forward pass, which on CPU costs more than a
-    runlocal training run. Deterministic per (seed, parameter path)."""
-    flat = flax.traverse_util.flatten_dict(abstract, sep="/")
-    out = {}
-    for path, leaf in flat.items():
-        shape, name = tuple(leaf.shape), path.rsplit("/", 1)[-1]
-        rng = np.random.default_rng([seed, zlib.crc32(path.encode())])
-        if name == "scale":
-            x = np.ones(shape)
-        elif name == "bias":
-            x = np.zeros(shape)
-        elif name == "kernel" and len(shape) >= 2:
-            x = rng.normal(0.0, 1.0 / math.sqrt(max(1, math.prod(shape[:-1]))), shape)
-        else:
-            x = rng.normal(0.0, 0.02, shape)
-        out[path] = x.astype(leaf.dtype)
-    return flax.traverse_util.unflatten_dict(out, sep="/")
+    """Random weights for a frozen model from its parameter shapes (`nn.random_init.random_like`:
+    numpy draws, no jitted `init`). For smoke runs and benchmarks only (`model.random_init`)."""
+    return random_like(abstract, seed)
 
 
 def init_frozen(
