@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean toy-world
 
 $(STAMP): setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m maestro_jax.demo
+
+# Rebuild the toy world's weights from scratch (about an hour on 2 CPU cores; resumable).
+toy-world: $(STAMP)
+	$(VPY) -m maestro_jax.toy_world
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadfile tests

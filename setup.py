@@ -8,6 +8,8 @@ setup(
     description="Maestro multi-source audio-to-video diffusion in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["maestro_jax", "maestro_jax.*"]),
+    # the toy world's trained weights and demo mixture (`make toy-world`), for `make demo`
+    package_data={"maestro_jax": ["assets/toy/**/*"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12",

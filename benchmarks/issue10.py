@@ -165,6 +165,7 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
     from maestro_jax import pipeline
     from maestro_jax.diffusion import Schedule
     from maestro_jax.models import clip_text as ct
+    from maestro_jax.models.tokenizer import HashTokenizer
     from maestro_jax.models.unet import UNet, UNetConfig
     from maestro_jax.models.vae import AutoencoderKL, VAEConfig
     from maestro_jax.nn.random_init import random_like
@@ -212,7 +213,7 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
         vae_p,
         text_cfg,
         text_p,
-        pipeline.HashTokenizer(),
+        HashTokenizer(),
         Schedule.vc2(),
         random=True,
     )

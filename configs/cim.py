@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "split": "train",
             "shuffle": True,
             "synthetic": False,
+            "synthetic_kind": "synthetic",  # synthetic (data.synthetic) | toyworld (data.toyworld)
             "synthetic_clips": 16,
             "synthetic_resolution": 32,
             "synthetic_classes": 3,

@@ -47,6 +47,12 @@ def evaluation_config(variant: str) -> ml_collections.ConfigDict:
     c.fvd_cache_dir = "~/.cache/maestro_jax/fvd"  # reference features ('' = no cache)
     # Placement (videos whose .json has boxes and >= 2 stems): crop IA of own vs other stems.
     c.placement = True
+    # IA and the crop placement above need ImageBind (audio + vision); False skips both and
+    # loads no ImageBind (the toy world has no vision branch). AV-Align needs no weights.
+    c.imagebind_metrics = True
+    # Toy world: placement = box colour accuracy (data.toyworld.placement) against the true
+    # classes in the `toyworld.json` next to each video's stems (maestro_jax.toy_eval).
+    c.toy_placement = False
     c.compilation_cache = "~/.cache/maestro_jax/jax_cache"  # '' disables it
     c.tiny = ml_collections.ConfigDict(dict(image_size=56))
     if variant == "runlocal":

@@ -1,72 +1,91 @@
-"""`make demo`: Maestro end to end on this machine, with no downloads.
+"""`make demo`: Maestro end to end on the embedded toy world, with no downloads.
 
-Synthesises a two-source scene (a beeping 880 Hz tone and low noise bursts), then runs the whole
-method — ImageBind-shaped audio encoder -> CIM -> contexts -> Object Locating + Mosaic Denoising
-DDIM sampling with the VideoCrafter2-shaped 3D UNet -> VAE decode -> mp4 with the mixture muxed
-in, plus a contact sheet with the boxes drawn.
+Takes the bundled toy mixture (`maestro_jax/assets/toy/demo/`: two sound objects over an ambient
+background, 4 s at 16 kHz) and runs the whole method on the committed toy-world weights:
+AudioSep-shaped separation by class-name query -> ImageBind-shaped audio encoder -> CIM ->
+contexts -> Object Locating + Mosaic Denoising DDIM sampling with the VideoCrafter2-shaped 3D
+UNet -> VAE decode. Writes `out.mp4` (the mixture muxed in), `out.png` (contact sheet with the
+boxes drawn), `out.json` (settings) and the separated stems, and prints where each source was
+asked to appear.
 
-The networks are TINY and RANDOMLY INITIALISED (configs/generate.py:runlocal): real weights
-cannot be shipped, and the trained miniature world is not built yet, so the video shows noise
-patterns, not a dog or a violin. See README "Real weights" for the real model.
+    python -m maestro_jax.demo [--outdir outputs/demo] [--assets DIR] [--seed 0]
 
-    python -m maestro_jax.demo [--outdir outputs/demo]
+The weights come from `make toy-world` (`maestro_jax/assets/toy/build.json` says how they were
+made). The toy world: `data/toyworld.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+BOX_COLOURS = ("red", "blue", "green", "yellow")  # maestro_jax.video's contact-sheet order
 
 
-def synth_stems(sr: int = 16000, seconds: float = 4.0) -> list[np.ndarray]:
-    """Two clearly different sources: beeps at 880 Hz (0.25 s on / 0.25 s off) and a low
-    noise-burst rhythm; each [1, N] float32."""
-    t = np.arange(int(sr * seconds)) / sr
-    beep = 0.5 * np.sin(2 * np.pi * 880 * t) * ((t % 0.5) < 0.25)
-    rng = np.random.default_rng(0)
-    noise = rng.standard_normal(t.shape)
-    kernel = np.ones(40) / 40  # a crude low-pass
-    low = np.convolve(noise, kernel, mode="same") * ((t % 1.0) < 0.3) * 2.0
-    return [beep[None].astype(np.float32), low[None].astype(np.float32)]
+def _where(box: list[float]) -> str:
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    horiz = "left" if cx < 0.4 else "right" if cx > 0.6 else "centre"
+    vert = "top" if cy < 0.4 else "bottom" if cy > 0.6 else "middle"
+    return f"{vert} {horiz} (x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f} of the frame)"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from configs import toy_generate
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--outdir", default="outputs/demo")
+    ap.add_argument("--assets", default=str(toy_generate.ASSETS), help="toy-world weights")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = ap.parse_args(argv)
-    out = Path(args.outdir)
     t0 = time.perf_counter()
-    print("maestro_jax demo: TINY RANDOM weights (no trained model ships yet); the video shows")
-    print("noise patterns, but every stage of the method runs for real.")
+    assets = Path(args.assets)
+    demo = assets / "demo" / "job.json"
+    if not demo.is_file():
+        print(
+            f"error: {demo} is missing: the toy-world weights are not installed in {assets} "
+            "(run `make toy-world`, about an hour on 2 CPU cores)",
+            file=sys.stderr,
+        )
+        return 2
+    spec = json.loads(demo.read_text())
+    build = json.loads((assets / "build.json").read_text())
 
-    from configs import generate as gen_configs
-    from maestro_jax import audio as audio_lib
     from maestro_jax import generation as gen
     from maestro_jax.jobs import Job
 
-    stem_dir = out / "stems"
-    stem_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, wave in zip(("beep_880hz", "low_bursts"), synth_stems()):
-        p = stem_dir / f"{name}.wav"
-        audio_lib.write_wav(p, wave, 16000)
-        paths.append(str(p))
-    cfg = gen_configs.get_config("runlocal")
+    cfg = toy_generate.generate_config()
+    cfg.assets = str(assets)
+    cfg.seed = args.seed
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"maestro_jax demo: the toy world's trained weights ({assets}, built {build['date']})")
+    print(f"mixture: {assets / 'demo' / spec['mixture']} ({spec['seconds']:.0f} s)")
+    for i, (q, b) in enumerate(zip(spec["queries"], spec["boxes"])):
+        print(f"  source {i + 1}: query {q!r} -> box {_where(b)}")
     gen.enable_compilation_cache(cfg.compilation_cache)
-    job = Job(name="demo", audio=paths, boxes="LR", seed=0)
-    for f in ("demo.json", "demo.mp4"):
+    job = Job(
+        name="out",
+        mixture=str(assets / "demo" / spec["mixture"]),
+        queries=list(spec["queries"]),
+        boxes=[list(b) for b in spec["boxes"]],
+        seed=args.seed,
+    )
+    for f in ("out.json", "out.mp4"):
         (out / f).unlink(missing_ok=True)  # always regenerate
     status = gen.run(cfg, [job], out, strict=True)
     if status:
         return status
-    print(f"\nvideo:         {out / 'demo.mp4'}  (16 frames, the two-source mixture muxed in)")
-    print(f"contact sheet: {out / 'demo.png'}  (source 1 box red, source 2 blue)")
-    print(f"settings:      {out / 'demo.json'}")
-    print(f"stems:         {stem_dir}/")
+    print(f"\nvideo:         {out / 'out.mp4'}  ({cfg.num_frames} frames, the mixture muxed in)")
+    print(f"contact sheet: {out / 'out.png'}  (frames left to right, boxes drawn)")
+    for i, (q, b) in enumerate(zip(spec["queries"], spec["boxes"])):
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        print(f"  {colour} box = source {i + 1} ({q}): {_where(b)}")
+    print(f"separated:     {out / 'out_stems'}/")
+    print(f"settings:      {out / 'out.json'}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 

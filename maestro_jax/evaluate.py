@@ -239,6 +239,9 @@ def _build_scorers(cfg) -> Scorers:
     from maestro_jax.nn.random_init import random_init
 
     dtype = jnp.dtype(cfg.dtype)
+    if not _uses_imagebind(cfg):  # no IA / crop placement: no ImageBind to load
+        w = {"imagebind": "off", "i3d": str(cfg.i3d_checkpoint or "")}
+        return Scorers(cfg, None, None, None, cfg.model == "tiny", w)
     if cfg.model == "tiny":
         from maestro_jax.audio_encoder import tiny_imagebind
 
@@ -303,6 +306,10 @@ def load_scorers(cfg) -> Scorers:
 
 
 # ----------------------------------------------------------------------------- checks
+def _uses_imagebind(cfg) -> bool:
+    return bool(cfg.get("imagebind_metrics", True))
+
+
 def check_config(cfg, reference: bool) -> None:
     """Option values and weight folders, before anything is loaded."""
     from maestro_jax.metrics.fvd import CONVENTIONS, SQRT_METHODS
@@ -317,7 +324,7 @@ def check_config(cfg, reference: bool) -> None:
         raise EvalError(
             f"fvd_convention must be one of {CONVENTIONS} and fvd_sqrt one of {SQRT_METHODS}"
         )
-    if cfg.model == "full":
+    if cfg.model == "full" and _uses_imagebind(cfg):
         if not cfg.imagebind_checkpoint:
             raise EvalError(
                 "set --config.imagebind_checkpoint to a converted ImageBind folder "
@@ -326,6 +333,7 @@ def check_config(cfg, reference: bool) -> None:
             )
         if not (Path(cfg.imagebind_checkpoint) / "params").exists():
             raise EvalError(f"no converted params in {cfg.imagebind_checkpoint}")
+    if cfg.model == "full":
         if reference:
             if not cfg.i3d_checkpoint:
                 raise EvalError(
@@ -400,15 +408,18 @@ def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = p
                 f"{it.path} has no readable audio track (IA and AV-Align need it): {e}"
             ) from e
         seconds = frames.shape[0] / fps
-        frame_emb = scorers.vision(frames)
         rec: dict[str, Any] = {"frames": int(frames.shape[0]), "fps": fps}
         stem_embs = None
         stems = [audio_lib.load_audio(s) for s in it.stems]
         stems = [(_fit(w, r, seconds), r) for w, r in stems]
-        if cfg.ia_audio == "mixture":
+        if not _uses_imagebind(cfg):
+            pass
+        elif cfg.ia_audio == "mixture":
+            frame_emb = scorers.vision(frames)
             emb = scorers.audio(_fit(audio, sr, seconds), sr, cfg.ia_embedding)
             rec["ia"] = ia_lib.ia_video(frame_emb, emb)
         else:
+            frame_emb = scorers.vision(frames)
             embs = [scorers.audio(w, r, cfg.ia_embedding) for w, r in stems]
             rec["ia"] = ia_lib.ia_video(frame_emb, {"sources": embs}, "sources")
             if cfg.ia_embedding == "clip_mean":
@@ -421,7 +432,9 @@ def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = p
         rec["audio_peaks"] = len(res.audio_peaks)
         rec["video_peaks_2025"] = len(res.video_peaks["2025"])
         k = 0 if it.boxes is None else it.boxes.shape[0]
-        if cfg.placement and k >= 2 and len(it.stems) == k:
+        if cfg.get("toy_placement", False):
+            rec["placement"] = _toy_placement(it, frames)
+        elif cfg.placement and _uses_imagebind(cfg) and k >= 2 and len(it.stems) == k:
             if it.boxes.shape[1] != frames.shape[0]:
                 raise EvalError(
                     f"{it.name}.json has boxes for {it.boxes.shape[1]} frames, the video has "
@@ -441,11 +454,37 @@ def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = p
                 .tolist(),
             }  # fmt: skip
         per_video[it.name] = rec
+        ia_text = f"IA {rec['ia']:.4f}  " if "ia" in rec else ""
         log(
-            f"  {it.name}: IA {rec['ia']:.4f}  AV-Align {rec['av_align']:.4f} "
+            f"  {it.name}: {ia_text}AV-Align {rec['av_align']:.4f} "
             f"(2023: {rec['av_align_2023']:.4f})  {time.perf_counter() - t0:.1f}s"
         )
     return per_video
+
+
+def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
+    """Toy world: is box k's majority colour the class of stem k, per frame
+    (`data.toyworld.placement`; true classes from the stems' `toyworld.json`)."""
+    from data import toyworld
+    from maestro_jax.toy_eval import read_truth
+
+    classes = read_truth(it.stems) if it.stems else None
+    if it.boxes is None or classes is None or len(classes) != it.boxes.shape[0]:
+        raise EvalError(
+            f"{it.path}: toy placement needs the job's boxes and stems with their true classes "
+            "(a toyworld.json next to the stems, as `python -m maestro_jax.sweep` writes for "
+            "toy jobs); or set --config.toy_placement=False"
+        )
+    if it.boxes.shape[1] != frames.shape[0]:
+        raise EvalError(
+            f"{it.name}.json has boxes for {it.boxes.shape[1]} frames, the video has "
+            f"{frames.shape[0]}"
+        )
+    correct = toyworld.placement(frames, it.boxes, classes)  # [K, T]
+    return {
+        "metric": "toy_colour", "accuracy": float(correct.mean()), "n_boxes": len(classes),
+        "classes": classes, "correct": correct.tolist(),
+    }  # fmt: skip
 
 
 def summarise(
@@ -455,7 +494,8 @@ def summarise(
     from maestro_jax.metrics import av_align as av
     from maestro_jax.metrics import ia as ia_lib
 
-    ia_val, ia_n = ia_lib.ia_dataset([v["ia"] for v in per_video.values()])
+    ias = [v["ia"] for v in per_video.values() if "ia" in v]
+    ia_val, ia_n = ia_lib.ia_dataset(ias) if ias else (None, 0)
     av_val, av_n, av_skip = av.mean_score([v["av_align"] for v in per_video.values()])
     s23 = [v["av_align_2023"] for v in per_video.values()]
     av23, av23_n, av23_skip = av.mean_score(s23)
@@ -464,7 +504,11 @@ def summarise(
         "videos_dir": str(videos_dir),
         "n_videos": len(items),
         "videos": [it.name for it in items],
-        "ia": {"value": ia_val, "n": ia_n, "audio": cfg.ia_audio, "embedding": cfg.ia_embedding},
+        "ia": (
+            {"value": ia_val, "n": ia_n, "audio": cfg.ia_audio, "embedding": cfg.ia_embedding}
+            if ias
+            else None
+        ),
         "av_align": {
             "value": av_val, "n": av_n, "skipped": av_skip, "rule": "2025", "note": AV_2025_NOTE,
         },
@@ -476,7 +520,14 @@ def summarise(
         "weights": {**scorers.weights, "random": scorers.random},
     }  # fmt: skip
     placed = [v["placement"] for v in per_video.values() if "placement" in v]
-    if placed:
+    toy = [p for p in placed if p.get("metric") == "toy_colour"]
+    if toy:  # accuracy over (box, frame) pairs
+        correct = np.concatenate([np.asarray(p["correct"], bool).ravel() for p in toy])
+        out["placement"] = {
+            "accuracy": float(correct.mean()), "n_boxes": sum(p["n_boxes"] for p in toy),
+            "n_box_frames": int(correct.size), "n": len(toy), "metric": "toy_colour",
+        }  # fmt: skip
+    elif placed:
         correct = np.concatenate([np.asarray(p["correct"], bool) for p in placed])
         margins = [m for p in placed for m in p["margins"]]
         out["placement"] = {
@@ -556,11 +607,15 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
             row.append(_cell(r.get("placement"), "accuracy"))
         row.append(str(r.get("n_videos", 0)))
         lines.append("| " + " | ".join(row) + " |")
-    ia0 = next((r["ia"] for r in results if r.get("ia")), {"audio": "?", "embedding": "?"})
+    ia0 = next((r["ia"] for r in results if r.get("ia")), None)
     notes = [
         "",
-        f"- IA: ImageBind frame–audio cosine, audio = {ia0['audio']}, embedding = "
-        f"{ia0['embedding']}; mean over frames, then over videos.",
+        (
+            f"- IA: ImageBind frame–audio cosine, audio = {ia0['audio']}, embedding = "
+            f"{ia0['embedding']}; mean over frames, then over videos."
+            if ia0
+            else "- IA: – (off: config.imagebind_metrics is False)."
+        ),
         f"- AV-Align: {AV_2025_NOTE}. AV-Align 2023: {AV_2023_NOTE}.",
     ]
     fv = [r["fvd"] for r in results if "fvd" in r]
@@ -572,7 +627,12 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
         )
     else:
         notes.append("- FVD: – (no reference set given).")
-    if has_place:
+    if any((r.get("placement") or {}).get("metric") == "toy_colour" for r in results):
+        notes.append(
+            "- Placement (toy world): fraction of (box, frame) pairs whose box shows its own "
+            "source's class by colour (data.toyworld.placement)."
+        )
+    elif has_place:
         notes.append(
             "- Placement: fraction of boxes whose crop is closer (ImageBind) to its own stem "
             "than to every other stem (chance 1 / number of sources)."

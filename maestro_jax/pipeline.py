@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from maestro_jax import mosaic
 from maestro_jax.checkpoints import load_params
 from maestro_jax.diffusion import Schedule, ddim_sample, ddim_timesteps
 from maestro_jax.models import clip_text as ct
+from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
 from maestro_jax.nn.random_init import random_init, random_like
@@ -43,26 +43,6 @@ MODES = ("maestro", "vanilla", "locate", "mosaic")
 
 
 # ----------------------------------------------------------------------------- models
-class HashTokenizer:
-    """Stand-in tokenizer for tiny random text encoders when no CLIP BPE file is installed:
-    words map to ids by hashing. Same layout as CLIP ([SOT] ids [EOT], zero pad to 77), so the
-    empty prompt gives exactly CLIP's ids. Never used with real weights."""
-
-    def __init__(self, vocab_size: int = 49408, context_length: int = 77):
-        self.vocab_size = vocab_size
-        self.context_length = context_length
-
-    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        out = np.zeros((len(texts), self.context_length), np.int32)
-        for i, t in enumerate(texts):
-            words = t.lower().split()
-            ids = [int(hashlib.sha1(w.encode()).hexdigest(), 16) % 49000 + 1 for w in words]
-            ids = [49406, *ids[: self.context_length - 2], 49407]
-            out[i, : len(ids)] = ids
-        return out
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Models:
     """Every network Maestro runs. `audio` and `separator` may be None (text-to-video only,
@@ -171,6 +151,11 @@ def load_models(
                            "dtype": jnp.dtype(dtype)})  # fmt: skip
     text_params, text_meta = load_params(root / "text")
     text_cfg = dataclasses.replace(ct.ClipTextConfig.from_dict(text_meta), dtype=dtype)
+    # the toy world's frozen random text encoder was made with the hash tokenizer (no BPE file)
+    if text_meta.get("tokenizer") == "hash":
+        tokenizer = HashTokenizer()
+    else:
+        tokenizer = _tokenizer(bpe_path, allow_hash=False)
     audio = None
     if imagebind_checkpoint and cim_checkpoint:
         audio = ae.load(imagebind_checkpoint, cim_checkpoint, jnp.dtype(dtype))
@@ -178,7 +163,7 @@ def load_models(
         raise ValueError("audio conditioning needs both imagebind_checkpoint and cim_checkpoint")
     return Models(
         unet_cfg, unet_params, vae_cfg, vae_params, text_cfg, text_params,
-        _tokenizer(bpe_path, allow_hash=False), Schedule.vc2(), audio,
+        tokenizer, Schedule.vc2(), audio,
         trained_frames=unet_meta.get("trained_frames"),
     )  # fmt: skip
 
@@ -524,8 +509,14 @@ def load_separator(checkpoint: str | Path, tokenizer_dir: str | Path | None) -> 
     from maestro_jax import separate as sep_lib
     from maestro_jax.models.clap_text import ClapTokenizer
 
-    cfg = sep_lib.load_config(None)
-    tree, _ = load_params(checkpoint)
+    tree, meta = load_params(checkpoint)
+    # separator_training exports carry their whole separate config (rate, widths, text encoder)
+    if "separate_config" in meta:
+        import ml_collections
+
+        cfg = ml_collections.ConfigDict(meta["separate_config"])
+    else:
+        cfg = sep_lib.load_config(None)
     tok = ClapTokenizer.from_dir(tokenizer_dir) if tokenizer_dir else None
     return Separator(cfg, tree["separator"], tree.get("text"), tok)
 

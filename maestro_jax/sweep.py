@@ -10,6 +10,10 @@ Tiny random models (CPU, no files; the numbers only test the plumbing):
   python -m maestro_jax.sweep --config=configs/sweeps/nd.py:runlocal
   python -m maestro_jax.sweep --config=configs/sweeps/modes.py:runlocal --config.param_values="('vanilla','maestro')"
 
+Toy world (the committed toy weights; placement = box colour accuracy on random toy scenes whose
+stems and true classes are written under OUTDIR/toy_jobs/, see `maestro_jax.toy_eval`):
+  python -m maestro_jax.sweep --config=configs/toy.py:sweep_nd
+
 Real weights (converted with convert.videocrafter / convert.imagebind --modalities audio,vision /
 convert.cim / convert.i3d). W below stands for
   --config.generation.checkpoint=ckpt/vc2 --config.generation.imagebind_checkpoint=ckpt/imagebind
@@ -96,7 +100,15 @@ def parse_stems(spec: str, audio_dir: str, seed: int) -> list[Job]:
 
 
 def base_jobs(cfg) -> list[Job]:
-    if cfg.jobs_file:
+    if cfg.get("toy_jobs"):  # toy world: random scenes, stems + truth written under outdir
+        from maestro_jax import toy_eval
+
+        try:
+            toy = toy_eval.make_jobs(int(cfg.toy_jobs), tuple(cfg.toy_sources), int(cfg.toy_seed))
+        except toy_eval.ToyEvalError as e:
+            raise SweepError(str(e)) from e
+        jobs = toy_eval.write_sweep_jobs(toy, Path(cfg.outdir) / "toy_jobs")
+    elif cfg.jobs_file:
         try:
             jobs = read_jobs(cfg.jobs_file)
         except JobError as e:
@@ -251,6 +263,8 @@ def write_plots(rows: Sequence[dict], param: str, outdir: Path) -> list[Path]:
             {"2025 rule": _series(rows, "av_align"), "2023 rule": _series(rows, "av_align_2023")},
         ),
     }
+    if not any(r.get("ia") for r in rows):  # IA off (no ImageBind, e.g. the toy sweep)
+        del figs["ia"]
     if any(r.get("fvd") for r in rows):
         figs["fvd"] = ("FVD vs " + t, {"FVD": _series(rows, "fvd")})
     if any(r.get("placement") for r in rows):
@@ -312,6 +326,13 @@ def _check_weights(points: Sequence[Point]) -> None:
     g = points[0].gen_cfg
     if g.model != "full":
         return
+    if g.get("variant") == "toy":  # the toy world's weights: say how to build them
+        from maestro_jax import toy_eval
+
+        try:
+            toy_eval.check_assets(g)
+        except toy_eval.ToyEvalError as e:
+            raise SweepError(str(e)) from e
     need = {"generation.checkpoint": g.checkpoint, "generation.imagebind_checkpoint":
             g.imagebind_checkpoint}  # fmt: skip
     if not all(p.cim for p in points):

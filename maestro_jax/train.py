@@ -1,5 +1,9 @@
 """Train the CIM: `python -m maestro_jax.train --config=configs/cim.py[:variant] --workdir=W`.
 
+The same entry point trains the toy world's stages (`configs/toy.py:<stage>`, `config.task`:
+text | imagebind | vae | t2i | t2v -> `maestro_jax.toy_training`, separator ->
+`maestro_jax.separator_training`, cim -> `maestro_jax.training`).
+
 Trains until `config.total_steps`, resuming from the newest checkpoint in W; appends one JSON
 line per step to W/metrics.jsonl (TensorBoard events under W/tb, sample images under
 W/samples). Command lines: see `configs/cim.py`. Multi-host: one process per host (or per GPU)
@@ -48,6 +52,14 @@ def main(argv: list[str]) -> int:
     )
     from maestro_jax import training  # noqa: PLC0415
 
+    task = config.get("task", "cim")
+    if task == "separator":
+        from maestro_jax import separator_training as trainer  # noqa: PLC0415
+    elif task != "cim":
+        from maestro_jax import toy_training as trainer  # noqa: PLC0415
+    else:
+        trainer = training
+
     logging.info(
         "process %d/%d, %d devices (%d local): %s",
         jax.process_index(),
@@ -57,8 +69,8 @@ def main(argv: list[str]) -> int:
         jax.devices()[0].device_kind,
     )
     try:
-        out = training.train(config, _WORKDIR.value)
-    except training.NonFiniteError as e:
+        out = trainer.train(config, _WORKDIR.value)
+    except (training.NonFiniteError, FloatingPointError) as e:  # toy stages: FloatingPointError
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from maestro_jax.models import clip_text
 from maestro_jax.models import imagebind as ib
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.models.cim import CIM, CIMConfig
+from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.nn.random_init import random_like
 from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings
@@ -87,25 +87,40 @@ def build_models(config: Any) -> Models:
     unet_kw = dict(dtype=dt, remat=bool(m.unet.remat), attn_impl=m.unet.attn_impl)
     if m.unet.preset == "sd21":
         unet = UNetConfig.sd21(**unet_kw)
+    elif m.unet.preset == "folder":
+        # the config.json of the exported folder in model.unet.params (the toy world's T2I)
+        d = _folder_meta("unet", m.unet.params)["unet"]
+        unet = UNetConfig(**{**d, **unet_kw})
     elif m.unet.preset == "tiny":
         unet = UNetConfig.tiny(temporal=False, **unet_kw)
         if m.unet.get("small"):
             # runlocal: one res block per level, two levels, attention at full resolution
             unet = unet.replace(num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(1,))
     else:
-        raise ValueError(f"model.unet.preset must be 'sd21' or 'tiny', got {m.unet.preset!r}")
+        raise ValueError(
+            f"model.unet.preset must be 'sd21', 'tiny' or 'folder', got {m.unet.preset!r}"
+        )
     vdt = jnp.dtype(dt)
     if m.vae.preset == "sd":
         vae = vae_lib.VAEConfig.sd(dtype=vdt)
     elif m.vae.preset == "tiny":
         vae = vae_lib.VAEConfig.tiny(dtype=vdt)
+    elif m.vae.preset == "folder":
+        d = dict(_folder_meta("vae", m.vae.params)["vae"])
+        d.pop("dtype", None)
+        for f in ("ch_mult", "attn_resolutions"):
+            d[f] = tuple(d[f])
+        vae = vae_lib.VAEConfig(**d, dtype=vdt)
     else:
-        raise ValueError(f"model.vae.preset must be 'sd' or 'tiny', got {m.vae.preset!r}")
+        raise ValueError(f"model.vae.preset must be 'sd', 'tiny' or 'folder', got {m.vae.preset!r}")
     presets = {
         "vit_h14": clip_text.vit_h14,
         "vit_h14_hf": clip_text.vit_h14_hf,
         # width = the tiny UNet's context width; no pooled projection is needed here
         "tiny": lambda: clip_text.tiny(width=unet.context_dim, heads=4, layers=2, embed_dim=None),
+        "folder": lambda: dataclasses.replace(
+            clip_text.ClipTextConfig.from_dict(_folder_meta("text", m.text.params)), dtype=dt
+        ),
     }
     if m.text.preset not in presets:
         raise ValueError(
@@ -119,9 +134,20 @@ def build_models(config: Any) -> Models:
         imagebind = ib.ImageBindConfig(
             out_dim=32, audio_width=32, audio_depth=1, audio_heads=2, dtype=vdt
         )
+    elif m.imagebind.preset == "folder":
+        d = _folder_meta("imagebind", m.imagebind.params)["imagebind"]
+        names = {f.name for f in dataclasses.fields(ib.ImageBindConfig)}
+        imagebind = ib.ImageBindConfig(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in d.items()
+                if k in names and k != "dtype"
+            },
+            dtype=vdt,
+        )
     else:
         raise ValueError(
-            f"model.imagebind.preset must be 'huge' or 'tiny', got {m.imagebind.preset!r}"
+            f"model.imagebind.preset must be 'huge', 'tiny' or 'folder', got {m.imagebind.preset!r}"
         )
     nq = int(m.cim.num_queries)
     if m.cim.preset == "release":
@@ -138,8 +164,23 @@ def build_models(config: Any) -> Models:
             ff_mult=2,
             dtype=vdt,
         )
+    elif m.cim.preset == "toy":
+        # the toy world's CIM: the release's Perceiver resampler at width 64, depth 2
+        cim = CIMConfig(
+            dim=64,
+            depth=2,
+            heads=4,
+            dim_head=16,
+            num_queries=nq,
+            embed_dim=imagebind.audio_width,
+            output_dim=unet.context_dim,
+            ff_mult=2,
+            dtype=vdt,
+        )
     else:
-        raise ValueError(f"model.cim.preset must be 'release' or 'tiny', got {m.cim.preset!r}")
+        raise ValueError(
+            f"model.cim.preset must be 'release', 'tiny' or 'toy', got {m.cim.preset!r}"
+        )
     if not cim.output_dim == unet.context_dim == text.width:
         raise ValueError(
             f"widths disagree: CIM output {cim.output_dim}, UNet context {unet.context_dim}, text "
@@ -155,6 +196,16 @@ def build_models(config: Any) -> Models:
             f"token_offset {o} + N_Q {cim.num_latents} must fit in the {CONTEXT_LEN}-token context"
         )
     return Models(unet, vae, text, imagebind, cim)
+
+
+def _folder_meta(name: str, path: str) -> dict:
+    """config.json of an exported params folder (preset 'folder')."""
+    if not path:
+        raise ValueError(f"model.{name}.preset='folder' needs model.{name}.params (a folder)")
+    f = Path(path) / "config.json"
+    if not f.exists():
+        raise ValueError(f"model.{name}.params={path!r} has no config.json")
+    return json.loads(f.read_text())
 
 
 # ==================================================================================================
@@ -536,24 +587,6 @@ def init_frozen(
 # ==================================================================================================
 
 
-class HashTokenizer:
-    """Texts -> [N, 77] ids without a BPE file (runlocal only): SOT, one pseudo-random id per
-    whitespace word (crc32 of the lower-cased word, below the special ids), EOT, zeros. Fixed
-    across runs and machines; NOT the CLIP tokenization, so never use it with real weights."""
-
-    def __init__(self, context_length: int = CONTEXT_LEN, vocab: int = SOT_ID):
-        self.context_length, self.vocab = context_length, vocab
-
-    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        out = np.zeros((len(texts), self.context_length), np.int32)
-        for i, t in enumerate(texts):
-            ids = [zlib.crc32(w.encode()) % self.vocab for w in t.lower().split()]
-            ids = [SOT_ID, *ids[: self.context_length - 2], EOT_ID]
-            out[i, : len(ids)] = ids
-        return out
-
-
 def make_tokenizer(config: Any) -> Callable:
     tc = config.model.text
     if tc.tokenizer == "hash":
@@ -767,7 +800,21 @@ def _ensure_synthetic(config: Any, data_dir: Path) -> None:
     from data import synthetic  # noqa: PLC0415
 
     done = data_dir / ".complete"
-    if jax.process_index() == 0 and not done.exists():
+    kind = config.data.get("synthetic_kind", "synthetic")
+    if kind not in ("synthetic", "toyworld"):
+        raise ValueError(f"data.synthetic_kind must be 'synthetic' or 'toyworld', got {kind!r}")
+    if kind == "toyworld" and jax.process_index() == 0 and not done.exists():
+        from data import toyworld  # noqa: PLC0415
+
+        toyworld.write_cim_dataset(
+            data_dir,
+            num_clips=int(config.data.synthetic_clips),
+            seed=int(config.seed),
+            num_test=int(config.sample.num_clips),
+            res=int(config.data.synthetic_resolution),
+        )
+        done.touch()
+    elif jax.process_index() == 0 and not done.exists():
         synthetic.write_synthetic_dataset(
             data_dir,
             num_clips=int(config.data.synthetic_clips),
@@ -1034,4 +1081,37 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         if writer:
             writer.close()
         ckpt.close()
-    return {"step": max(start, total), "metrics": record}
+    export = export_cim(state["params"], models, config, workdir / "export")
+    return {"step": max(start, total), "metrics": record, "export": str(export)}
+
+
+def export_cim(params: Any, models: Models, config: Any, out: Path) -> Path:
+    """The trained CIM as an inference folder (`checkpoints.save_params` layout, config.json
+    with the CIMConfig under "cim"): what `--config.cim_checkpoint` of generation and
+    `audio_encoder.load` read. Gathered from every process; process 0 writes it."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    from maestro_jax.checkpoints import save_params  # noqa: PLC0415
+
+    def host(x):
+        if getattr(x, "is_fully_addressable", True):
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    params = jax.tree.map(host, params)
+    if jax.process_index() == 0:
+        cim = dataclasses.asdict(models.cim)
+        cim["dtype"] = jnp.dtype(models.cim.dtype).name
+        meta = {
+            "cim": cim,
+            "token_offset": int(config.token_offset),
+            "text_layer": config.model.text.layer,
+            "made_by": {
+                "entry_point": "python -m maestro_jax.train",
+                "config": json.loads(config.to_json_best_effort()),
+                "jax": jax.__version__,
+            },
+        }
+        save_params(out, params, meta)
+        log.info("CIM exported to %s", out)
+    return out

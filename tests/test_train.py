@@ -24,6 +24,7 @@ import pytest
 
 from configs.cim import VARIANTS, get_config
 from maestro_jax import tb, training
+from maestro_jax.models.tokenizer import HashTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,7 +338,7 @@ def test_release_step_traces_without_specaugment():
 
 
 def test_hash_tokenizer_is_fixed():
-    tok = training.HashTokenizer()
+    tok = HashTokenizer()
     a = tok(["dog barking", ""])
     assert a.shape == (2, 77) and a.dtype == np.int32
     assert a[0, 0] == training.SOT_ID and a[0, 3] == training.EOT_ID and a[0, 4:].sum() == 0

@@ -49,6 +49,12 @@ def sweep_config(
     c.stems = DEFAULT_STEMS
     c.jobs_file = ""  # JSONL jobs (maestro_jax.generate's format); overrides `stems`
     c.max_jobs = 1 if variant == "runlocal" else 0  # 0 = all jobs
+    # Toy world (configs/toy.py:sweep_nd): `toy_jobs` random scenes per source count in
+    # `toy_sources` (maestro_jax.toy_eval.make_jobs), their stems and true classes written to
+    # OUTDIR/toy_jobs/; overrides `stems` / `jobs_file`. 0 = off.
+    c.toy_jobs = 0
+    c.toy_sources = (2, 3)
+    c.toy_seed = 0
     c.reference = ""  # folder of real videos: FVD when given
     # N_Q / lambda1: one converted CIM folder per value, 'V=DIR,V=DIR' or a pattern 'dir{value}'
     # (runlocal writes random tiny CIMs instead).

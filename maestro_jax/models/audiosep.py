@@ -50,9 +50,17 @@ def leaky_relu(x: jax.Array) -> jax.Array:
     return jnp.where(x >= 0, x, LEAKY_SLOPE * x)
 
 
+BN_MOMENTUM = 0.1  # torch BatchNorm2d default: running = 0.9 running + 0.1 batch
+
+
 class BatchNormInference(nn.Module):
     """BatchNorm with running statistics (torch `eval()`): (x - mean) / sqrt(var + eps) * scale
-    + bias over the last axis. `scale`, `bias` in `params`; `mean`, `var` in `batch_stats`."""
+    + bias over the last axis. `scale`, `bias` in `params`; `mean`, `var` in `batch_stats`.
+
+    Training (torch `train()`): when the caller makes `batch_stats` mutable
+    (`apply(..., mutable=["batch_stats"])`), the batch's own mean and biased variance over every
+    axis but the last normalise x, and the running statistics move towards the batch's (momentum
+    0.1, unbiased variance), as torch does. Inference never passes it mutable."""
 
     eps: float = BN_EPS
     dtype: jnp.dtype = jnp.float32
@@ -62,8 +70,17 @@ class BatchNormInference(nn.Module):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)).value
-        var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)).value
+        mean_v = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        var_v = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        mean, var = mean_v.value, var_v.value
+        if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+            xf = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axis=axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            n = max(int(np.prod([x.shape[a] for a in axes])), 2)
+            mean_v.value = (1 - BN_MOMENTUM) * mean_v.value + BN_MOMENTUM * mean
+            var_v.value = (1 - BN_MOMENTUM) * var_v.value + BN_MOMENTUM * var * n / (n - 1)
         y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
         return y.astype(self.dtype)
 

@@ -21,6 +21,7 @@ import functools
 import gzip
 import html
 import os
+import zlib
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
@@ -243,3 +244,21 @@ def get_tokenizer(
 ) -> ClipTokenizer:
     """A shared `ClipTokenizer` per (resolved file, context length): building one takes ~0.3 s."""
     return _cached_tokenizer(str(default_bpe_path(bpe_path).resolve()), int(context_length))
+
+
+class HashTokenizer:
+    """Texts -> [N, 77] ids without a BPE file (runlocal only): SOT, one pseudo-random id per
+    whitespace word (crc32 of the lower-cased word, below the special ids), EOT, zeros. Fixed
+    across runs and machines; NOT the CLIP tokenization, so never use it with real weights."""
+
+    def __init__(self, context_length: int = 77, vocab: int = SOT_ID):
+        self.context_length, self.vocab = context_length, vocab
+
+    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = np.zeros((len(texts), self.context_length), np.int32)
+        for i, t in enumerate(texts):
+            ids = [zlib.crc32(w.encode()) % self.vocab for w in t.lower().split()]
+            ids = [SOT_ID, *ids[: self.context_length - 2], EOT_ID]
+            out[i, : len(ids)] = ids
+        return out
