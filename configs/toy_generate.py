@@ -57,10 +57,10 @@ def sweep_nd_config() -> ml_collections.ConfigDict:
     `toy_sources` (stems + true classes written to OUTDIR/toy_jobs/); placement = box colour
     accuracy (`data.toyworld.placement`). IA is off (the toy world has no ImageBind vision
     branch); AV-Align needs no weights and is kept. A quick run: --config.toy_jobs=2
-    --config.param_values='(0,5,25)'."""
+    --config.param_values='(0,4,20)'."""
     from configs.sweeps import sweep_config
 
-    c = sweep_config("default", "n_d", (0, 1, 2, 3, 5, 8, 12, 25), (), "toy_nd")
+    c = sweep_config("default", "n_d", (0, 1, 2, 4, 6, 8, 12, 20), (), "toy_nd")
     c.variant = "toy"
     c.generation = generate_config()
     c.stems = ""

@@ -19,6 +19,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _local_checkpointer() -> ocp.Checkpointer:
+    """A PyTree checkpointer that involves only this process: `save_params` writes host-local
+    numpy trees, and in a multi-process run only one process calls it (orbax's default would
+    wait at a barrier for all the others)."""
+    if jax.process_count() == 1:
+        return ocp.PyTreeCheckpointer()
+    me = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp
+    )
+
+
 def save_params(path: str | os.PathLike, params: Any, config: dict | None = None) -> Path:
     """Write `params` (+ `config.json`) to folder `path`, atomically (replaces an existing one)."""
     path = Path(path).absolute()
@@ -26,7 +39,7 @@ def save_params(path: str | os.PathLike, params: Any, config: dict | None = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         params = jax.tree.map(np.asarray, params)
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _local_checkpointer() as ckptr:
             ckptr.save(tmp / "params", params)
         with open(tmp / "config.json", "w") as f:
             json.dump(config or {}, f, indent=1, sort_keys=True, default=str)

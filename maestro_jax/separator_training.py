@@ -57,6 +57,7 @@ import numpy as np
 from maestro_jax.checkpoints import load_params, save_params
 from maestro_jax.models.clap_text import ClapTextConfig, byte_fallback_tokens
 from maestro_jax.models.stft import N_FFT
+from maestro_jax.train_checkpoints import truncate_jsonl
 
 CKPT_PATTERN = re.compile(r"^step_(\d{8})$")
 BN0_VAR_FLOOR = 0.01  # BatchNorm calibration: variance floor relative to the mean over channels
@@ -315,16 +316,6 @@ def _model_fields(config: ml_collections.ConfigDict) -> dict:
     }
 
 
-def _rewrite_metrics(path: Path, upto: int) -> None:
-    """Drop metrics lines logged after the checkpoint a run resumes from (they will recur)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= upto]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- training
 def phase_identity_init(params: Any, kernel_scale: float = 0.1) -> Any:
     """Start the mask head at "keep the mixture's phase, half its magnitude".
@@ -442,7 +433,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             model, params, batch_stats, jnp.asarray(init_mix), jnp.asarray(emb[init_q])
         )
     metrics_path = workdir / "metrics.jsonl"
-    _rewrite_metrics(metrics_path, step)
+    truncate_jsonl(metrics_path, step)
 
     train_step = _train_step(model, tx)
     eval_fn = _eval_fn(model)

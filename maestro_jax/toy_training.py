@@ -46,6 +46,7 @@ from maestro_jax.models import vae as vae_lib
 from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.nn.random_init import random_like
+from maestro_jax.train_checkpoints import truncate_jsonl
 
 log = logging.getLogger("maestro_jax.train")
 
@@ -124,16 +125,6 @@ def _load_state(path: Path, target: dict) -> dict:
 def _append_metrics(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines past the resumed step (they belong to the lost tail of a killed run)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- frozen parts
@@ -379,7 +370,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         log.info("%s: resumed at step %d from %s", task, int(state["step"]), ckpt)
     start = int(state["step"])
     metrics = workdir / "metrics.jsonl"
-    _truncate_metrics(metrics, start)
+    truncate_jsonl(metrics, start)
 
     @jax.jit
     def step_fn(params, ema, opt, batch, key, step):

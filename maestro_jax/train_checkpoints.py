@@ -15,6 +15,7 @@ newest `keep` checkpoints are kept. A step is only visible to `latest_step()` on
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,20 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop the metrics lines of steps after `last_step` (logged after the checkpoint a resume
+    starts from; they will be logged again). Atomic; lines cut by a kill are dropped too."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)

@@ -54,6 +54,7 @@ from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.nn.random_init import random_like
 from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings
+from maestro_jax.train_checkpoints import truncate_jsonl
 
 log = logging.getLogger("maestro_jax.train")
 
@@ -856,22 +857,6 @@ def _heldout_mel(config: Any, data_dir: Path) -> np.ndarray | None:
     return None
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines of steps after `last_step` (logged after the checkpoint a resume starts from)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
-
-
 @functools.lru_cache(maxsize=8)
 def _jitted_step(models, spec, config_key, seed, state_sh, frozen_sh, batch_sh, mesh):
     """One jitted step per static setup, shared by runs in one process (tests resume in-process
@@ -967,7 +952,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         log.info("resumed from %s at step %d", ckpt.directory, start)
     metrics_path = workdir / "metrics.jsonl"
     if lead:
-        _truncate_jsonl(metrics_path, start)
+        truncate_jsonl(metrics_path, start)
 
     nan_step = _place(np.asarray(int(config.debug_nan_at_step), np.int32), repl)
     first = next(train_iter)
