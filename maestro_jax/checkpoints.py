@@ -19,6 +19,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished folder `tmp` at `path` by renames (an existing `path` is moved aside
+    first and removed after), so readers see the old folder or the new one, never a mix."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
 def _local_checkpointer() -> ocp.Checkpointer:
     """A PyTree checkpointer that involves only this process: `save_params` writes host-local
     numpy trees, and in a multi-process run only one process calls it (orbax's default would
@@ -43,14 +56,7 @@ def save_params(path: str | os.PathLike, params: Any, config: dict | None = None
             ckptr.save(tmp / "params", params)
         with open(tmp / "config.json", "w") as f:
             json.dump(config or {}, f, indent=1, sort_keys=True, default=str)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

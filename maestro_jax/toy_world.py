@@ -158,14 +158,9 @@ def install(root: Path, assets: Path, records: dict) -> Path:
             "stages": records,
         }
         (tmp / "build.json").write_text(json.dumps(build, indent=1))
-        if assets.exists():
-            old = assets.with_name(f".{assets.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            assets.rename(old)
-            tmp.rename(assets)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(assets)
+        from maestro_jax.checkpoints import replace_dir
+
+        replace_dir(tmp, assets)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

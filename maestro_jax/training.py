@@ -82,6 +82,10 @@ class Models:
     cim: CIMConfig
 
 
+# Small CIMs (the release's Perceiver resampler, narrower): runlocal tests and the toy world.
+_SMALL_CIMS = {"tiny": dict(dim=32, depth=1, heads=2), "toy": dict(dim=64, depth=2, heads=4)}
+
+
 def build_models(config: Any) -> Models:
     """Model configs from `config.model` and `config.compute_dtype`; checks the widths agree."""
     m, dt = config.model, config.compute_dtype
@@ -153,24 +157,9 @@ def build_models(config: Any) -> Models:
     nq = int(m.cim.num_queries)
     if m.cim.preset == "release":
         cim = CIMConfig.release(num_queries=nq, dtype=vdt)
-    elif m.cim.preset == "tiny":
+    elif m.cim.preset in _SMALL_CIMS:
         cim = CIMConfig(
-            dim=32,
-            depth=1,
-            heads=2,
-            dim_head=16,
-            num_queries=nq,
-            embed_dim=imagebind.audio_width,
-            output_dim=unet.context_dim,
-            ff_mult=2,
-            dtype=vdt,
-        )
-    elif m.cim.preset == "toy":
-        # the toy world's CIM: the release's Perceiver resampler at width 64, depth 2
-        cim = CIMConfig(
-            dim=64,
-            depth=2,
-            heads=4,
+            **_SMALL_CIMS[m.cim.preset],
             dim_head=16,
             num_queries=nq,
             embed_dim=imagebind.audio_width,
