@@ -11,6 +11,8 @@ file). `workdir/export` loads with `separator_training.load_separator` (or
 
 import ml_collections
 
+from configs import separate
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -24,22 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.separator = ml_collections.ConfigDict(
         {"channels": (8, 8, 16, 16, 32, 32), "dtype": "float32"}
     )
-    # Frozen random tiny CLAP text encoder (`ClapTextConfig` fields), as configs/separate.py's
-    # runlocal.
-    c.text = ml_collections.ConfigDict(
-        {
-            "vocab_size": 1000,
-            "hidden": 32,
-            "layers": 2,
-            "heads": 2,
-            "intermediate": 64,
-            "max_positions": 514,
-            "type_vocab": 1,
-            "eps": 1e-5,
-            "pad_id": 1,
-            "joint": 512,
-        }
-    )
+    # Frozen random tiny CLAP text encoder (`ClapTextConfig` fields): configs/separate.py's
+    # runlocal one.
+    c.text = separate.get_config("runlocal").text
     c.batch_size = 8
     c.total_steps = 600
     c.learning_rate = 1e-3

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -133,24 +133,11 @@ def write_synthetic_dataset(
     names = class_names(num_classes)
     labels = [n.replace("_", " ") for n in names]
     rng = np.random.default_rng(seed)
-    write_json(out_dir / "classes.json", labels)
-    write_json(
-        out_dir / "prep_config.json",
-        {
-            **dataclasses.asdict(opts),
-            "layout": "synthetic",
-            "num_frames": opts.num_frames,
-            "seed": seed,
-        },
-    )
-    features = features_for(opts)
     num_frames = int(round(opts.clip_seconds * fps))
-    writers: dict[str, tuple[PartWriter, list]] = {}
-    try:
+
+    def clips():
         for i in range(num_clips):
             split = "test" if i >= num_clips - num_test else "train"
-            if split not in writers:
-                writers[split] = (PartWriter(out_dir, split, f"synthetic-{seed:04d}"), [])
             c = i % num_classes
             frames = render_frames(
                 num_frames,
@@ -162,20 +149,56 @@ def write_synthetic_dataset(
                 phase=float(rng.uniform(0, 2 * np.pi)),
             )
             audio = render_audio(opts.clip_seconds, c, silent=i in silent_ids)
-            clip_id = f"synthetic_{seed}_{i:05d}"
+            yield split, f"synthetic_{seed}_{i:05d}", c, frames, num_frames, fps, audio
+
+    return write_clip_dataset(
+        out_dir, opts, labels, "synthetic", seed, clips(), "synthetic clips (data.synthetic)"
+    )
+
+
+def write_clip_dataset(
+    out_dir: Path,
+    opts: PrepOptions,
+    labels: Sequence[str],
+    source: str,
+    seed: int,
+    clips: Iterable[tuple],
+    description: str,
+) -> dict[str, int]:
+    """Write generated clips in the `data.prepare` on-disk format (classes.json,
+    prep_config.json, parts per split, TFDS folder); parts are aborted on any error.
+
+    clips: (split, clip_id, label_index, frames uint8 [T, H, W, 3], num_frames, fps, audio16k)
+    tuples, consumed in order. Returns {split: num_records}."""
+    write_json(out_dir / "classes.json", list(labels))
+    write_json(
+        out_dir / "prep_config.json",
+        {
+            **dataclasses.asdict(opts),
+            "layout": source,
+            "num_frames": opts.num_frames,
+            "seed": seed,
+        },
+    )
+    features = features_for(opts)
+    writers: dict[str, tuple[PartWriter, list]] = {}
+    try:
+        for split, clip_id, c, frames, num_frames, fps, audio in clips:
+            if split not in writers:
+                writers[split] = (PartWriter(out_dir, split, f"{source}-{seed:04d}"), [])
             rec, entry = make_clip_record(
                 clip_id, labels[c], c, frames, num_frames, fps, audio, opts
             )
             w, entries = writers[split]
             w.write(features.serialize_example(rec))
-            entries.append({**entry, "source": "synthetic", "key": clip_id, "start": 0.0})
+            entries.append({**entry, "source": source, "key": clip_id, "start": 0.0})
         for split, (w, entries) in writers.items():
             w.commit({"clips": entries, "done": [e["key"] for e in entries], "split": split})
     except BaseException:
         for w, _ in writers.values():
             w.abort()
         raise
-    return finalize(out_dir, features, description="synthetic clips (data.synthetic)")
+    return finalize(out_dir, features, description=description)
 
 
 def make_synthetic_videos(

@@ -640,14 +640,8 @@ def write_cim_dataset(
     gives 8 frames for 2 segments, 'default' gives 2). The last num_test clips go to split
     'test'. Returns {split: n}.
     """
-    from data.prepare import (
-        PartWriter,
-        PrepOptions,
-        features_for,
-        finalize,
-        make_clip_record,
-        write_json,
-    )
+    from data.prepare import PrepOptions
+    from data.synthetic import write_clip_dataset
 
     if int(num_clips) != num_clips or num_clips < 1 or not 0 <= num_test <= num_clips:
         raise ValueError(
@@ -660,23 +654,10 @@ def write_cim_dataset(
     opts.validate()
     names = labels()
     rng = np.random.default_rng(seed)
-    write_json(out_dir / "classes.json", names)
-    write_json(
-        out_dir / "prep_config.json",
-        {
-            **dataclasses.asdict(opts),
-            "layout": "toyworld",
-            "num_frames": opts.num_frames,
-            "seed": seed,
-        },
-    )
-    features = features_for(opts)
-    writers: dict = {}
-    try:
+
+    def clips():
         for i in range(num_clips):
             split = "test" if i >= num_clips - num_test else "train"
-            if split not in writers:
-                writers[split] = (PartWriter(out_dir, split, f"toyworld-{seed:04d}"), [])
             c = i % _NUM_OBJ
             bg = int(rng.integers(len(BACKGROUNDS)))
             stem, env = object_sound(c, rng)
@@ -692,19 +673,17 @@ def write_cim_dataset(
             frames = render(scene, NUM_FRAMES, res)
             audio = mixture(stem[None], amb)
             clip_id = f"toyworld_{seed}_{i:05d}"
-            rec, entry = make_clip_record(
-                clip_id, names[c], c, frames, NUM_FRAMES, FPS, audio, opts
-            )
-            w, entries = writers[split]
-            w.write(features.serialize_example(rec))
-            entries.append({**entry, "source": "toyworld", "key": clip_id, "start": 0.0})
-        for split, (w, entries) in writers.items():
-            w.commit({"clips": entries, "done": [e["key"] for e in entries], "split": split})
-    except BaseException:
-        for w, _ in writers.values():
-            w.abort()
-        raise
-    return finalize(out_dir, features, description="ToyWorld single-object clips (data.toyworld)")
+            yield split, clip_id, c, frames, NUM_FRAMES, FPS, audio
+
+    return write_clip_dataset(
+        out_dir,
+        opts,
+        names,
+        "toyworld",
+        seed,
+        clips(),
+        "ToyWorld single-object clips (data.toyworld)",
+    )
 
 
 _DEMO_BOXES = {
