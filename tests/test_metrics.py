@@ -421,6 +421,25 @@ def test_av_align_synthetic_rules(av_runs):
     assert score_44k == synth.scores["2023"]
 
 
+def test_flow_is_single_threaded_and_restores_opencv_threads():
+    import cv2
+
+    vid, fps, _, _ = _synth_pair([], 1.0)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        runs = [av.flow_trajectory(vid) for _ in range(5)]
+        assert cv2.getNumThreads() == 2  # the process-wide setting is given back
+    finally:
+        cv2.setNumThreads(before)
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+    # between the jumps the frames are identical: one flat value, so no spurious peaks
+    for lo, hi in ((1, 6), (7, 16), (17, 24)):
+        assert np.unique(runs[0][lo:hi]).size == 1, runs[0]
+    np.testing.assert_array_equal(av.video_peaks(runs[0], fps, "2023"), [0.6, 1.6])
+
+
 def test_video_peaks_and_matching_rules():
     flow = np.array([0.0, 0.05, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 0.3])
     np.testing.assert_array_equal(av.video_peaks(flow, 10.0, "2023"), [0.1, 0.3])  # ties: no peak

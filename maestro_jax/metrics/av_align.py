@@ -155,8 +155,16 @@ def flow_trajectory(frames: np.ndarray, channel_order: str = "rgb") -> np.ndarra
         m = cv2.magnitude(flow[..., 0], flow[..., 1])
         return float(cv2.mean(m)[0])
 
-    traj = [mag(gray[0], gray[1])]
-    traj += [mag(gray[i - 1], gray[i]) for i in range(1, len(gray))]
+    # One OpenCV thread: with several, the row stripes of Farneback's blur are split per call
+    # and the ~1e-8 flow of identical frames varies, which makes spurious peaks on static clips
+    # (seen on a loaded 2-core machine). Restored after, as it is process-wide.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        traj = [mag(gray[0], gray[1])]
+        traj += [mag(gray[i - 1], gray[i]) for i in range(1, len(gray))]
+    finally:
+        cv2.setNumThreads(threads)
     return np.asarray(traj, np.float64)
 
 
