@@ -756,6 +756,9 @@ def random_boxes(
     return np.clip(np.array(out, np.float32), 0, 1).reshape(k, 4)
 
 
+OUTCOMES = ("correct", "other", "elsewhere", "absent")
+
+
 def placement(
     frames: np.ndarray,
     boxes: np.ndarray,
@@ -770,6 +773,22 @@ def placement(
     its nearest object colour if within `tau` (Euclidean RGB); the box's prediction is the class
     with most votes if those reach `min_frac` of the box's pixels, else none (never correct).
     """
+    return placement_outcomes(frames, boxes, classes, tau, min_frac) == 0
+
+
+def placement_outcomes(
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    classes: Sequence[int],
+    tau: float = 90.0,
+    min_frac: float = 0.08,
+) -> np.ndarray:
+    """int [K, T]: what box k shows in frame t, an index into `OUTCOMES`:
+
+    0 correct: its own class wins the box (`placement`); 1 other: another class wins it;
+    2 elsewhere: no class wins it, and its own class is drawn elsewhere in the frame (at least
+    as many pixels as a win would need); 3 absent: no class wins it, and its own class is not
+    drawn in the frame. Arguments as `placement`."""
     from maestro_jax.metrics.placement import box_pixel_range
 
     frames = np.asarray(frames, np.float32)
@@ -789,7 +808,8 @@ def placement(
     d2 = np.square(frames[..., None, :] - OBJECT_COLORS).sum(-1)  # [T, H, W, C]
     near = np.argmin(d2, axis=-1)
     vote = np.where(np.min(d2, axis=-1) <= tau * tau, near, -1)
-    out = np.zeros((k, t), bool)
+    in_frame = np.stack([(vote == c).sum(axis=(1, 2)) for c in range(_NUM_OBJ)], -1)  # [T, C]
+    out = np.zeros((k, t), np.int32)
     for j in range(k):
         for f in range(t):
             x0, x1 = box_pixel_range(boxes[j, f, 0], boxes[j, f, 2], w)
@@ -797,5 +817,9 @@ def placement(
             v = vote[f, y0:y1, x0:x1].ravel()
             counts = np.bincount(v[v >= 0], minlength=_NUM_OBJ)
             best = int(np.argmax(counts))
-            out[j, f] = counts[best] >= min_frac * v.size and best == classes[j]
+            need = min_frac * v.size
+            if counts[best] >= need:
+                out[j, f] = 0 if best == classes[j] else 1
+            else:
+                out[j, f] = 2 if in_frame[f, classes[j]] >= need else 3
     return out

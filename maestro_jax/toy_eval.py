@@ -159,7 +159,8 @@ def evaluate_placement(
 ) -> dict:
     """Generate every job in every mode (in this process, batched) and score placement.
 
-    Returns {'modes': {mode: {'accuracy', 'by_sources': {k: accuracy}, 'jobs', 'box_frames',
+    Returns {'modes': {mode: {'accuracy', 'by_sources': {k: accuracy}, 'by_class': {label:
+    accuracy}, 'outcomes': {toyworld.OUTCOMES name: fraction of (box, frame) pairs}, 'jobs', 'box_frames',
     'seconds', 'seconds_per_job', 'seconds_per_job_warm'}}, 'jobs': [{name, sources, classes,
     labels, boxes, seed, accuracy: {mode: value}}], 'sources': [k...], 'settings', 'timing',
     'examples': {job name: {mode: uint8 frames [T, H, W, 3]}} (the first `examples` jobs; not
@@ -206,7 +207,7 @@ def evaluate_placement(
     groups: dict[int, list[ToyJob]] = {}
     for j in jobs:
         groups.setdefault(j.k, []).append(j)
-    correct: dict[str, dict[str, np.ndarray]] = {m: {} for m in modes}
+    outcome: dict[str, dict[str, np.ndarray]] = {m: {} for m in modes}  # toyworld.OUTCOMES
     shown = {j.name: {} for j in list(jobs)[: max(0, examples)]}
     timing = {m: {"seconds": 0.0, "warm_seconds": 0.0, "warm_jobs": 0} for m in modes}
     compiled: set = set()
@@ -234,7 +235,7 @@ def evaluate_placement(
                     timing[mode]["warm_jobs"] += len(chunk)
                 compiled.add(shape)
                 for j, fr in zip(chunk, frames):
-                    correct[mode][j.name] = tw.placement(fr, j.boxes, j.classes)
+                    outcome[mode][j.name] = tw.placement_outcomes(fr, j.boxes, j.classes)
                     if j.name in shown:
                         shown[j.name][mode] = fr
                 bar.update(len(chunk))
@@ -242,6 +243,7 @@ def evaluate_placement(
     bar.close()
 
     ks = sorted(groups)
+    correct = {m: {n: o == 0 for n, o in outcome[m].items()} for m in modes}
     out_modes = {}
     for m in modes:
         allc = np.concatenate([correct[m][j.name].ravel() for j in jobs])
@@ -249,10 +251,20 @@ def evaluate_placement(
             str(k): float(np.concatenate([correct[m][j.name].ravel() for j in groups[k]]).mean())
             for k in ks
         }
+        per_class: dict[str, list] = {}
+        for j in jobs:
+            for lab, row in zip(j.labels, correct[m][j.name]):
+                per_class.setdefault(lab, []).append(row)
+        allo = np.concatenate([outcome[m][j.name].ravel() for j in jobs])
         tm = timing[m]
         out_modes[m] = {
             "accuracy": float(allc.mean()),
             "by_sources": by_k,
+            "by_class": {
+                lab: float(np.concatenate(rows).mean())
+                for lab, rows in sorted(per_class.items(), key=lambda kv: tw.labels().index(kv[0]))
+            },
+            "outcomes": {o: float(np.mean(allo == i)) for i, o in enumerate(tw.OUTCOMES)},
             "jobs": len(jobs),
             "box_frames": int(allc.size),
             "seconds": round(tm["seconds"], 3),
@@ -327,7 +339,22 @@ def markdown_table(result: dict) -> str:
     ]
     if s.get("random_weights"):
         notes.append("- RANDOM weights: the numbers test the plumbing only.")
-    return "\n".join(lines + notes) + "\n"
+    labels = list(next(iter(result["modes"].values()))["by_class"])
+    head = ["Mode", *labels, *tw.OUTCOMES]
+    detail = [
+        "",
+        "Per class (placement of the boxes holding it) and per outcome (fraction of (box, frame) "
+        "pairs: `toyworld.placement_outcomes`; other = another class wins the box, elsewhere = "
+        "no class wins it and its own is drawn outside it, absent = its own is not drawn):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for m, r in result["modes"].items():
+        row = [f"{r['by_class'][lab]:.3f}" for lab in labels]
+        row += [f"{r['outcomes'][o]:.3f}" for o in tw.OUTCOMES]
+        detail.append("| " + " | ".join([m, *row]) + " |")
+    return "\n".join(lines + notes + detail) + "\n"
 
 
 def examples_image(result: dict, scale: int = 4) -> np.ndarray:

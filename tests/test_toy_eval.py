@@ -94,6 +94,15 @@ def test_evaluate_placement(result):
         per_job = [j["accuracy"][m] for j in res["jobs"]]
         assert r["accuracy"] == pytest.approx(np.mean(per_job))
         assert r["by_sources"] == {"2": pytest.approx(r["accuracy"])}
+        # outcomes partition the (box, frame) pairs; 'correct' is the accuracy
+        assert list(r["outcomes"]) == list(tw.OUTCOMES)
+        assert sum(r["outcomes"].values()) == pytest.approx(1.0)
+        assert r["outcomes"]["correct"] == pytest.approx(r["accuracy"])
+        # per class: the mean over the boxes holding it, weighted back to the accuracy
+        labs = [lab for j in jobs for lab in j.labels]
+        assert set(r["by_class"]) == set(labs)
+        weighted = sum(r["by_class"][lab] * labs.count(lab) for lab in set(labs)) / len(labs)
+        assert weighted == pytest.approx(r["accuracy"])
         assert all(0.0 <= a <= 1.0 and a * 16 == round(a * 16) for a in per_job)
         assert r["seconds"] > 0
     # mosaic (N_D = 0) and maestro (N_D = 2) share one compiled sampler: every maestro call
@@ -119,6 +128,7 @@ def test_write_results(result, tmp_path):
     assert "examples" not in body and set(body["modes"]) == set(MODES)
     md = paths["md"].read_text()
     assert "| Mode | 2 sources | All | Jobs |" in md
+    assert "| correct | other | elsewhere | absent |" in md
     for m in MODES:
         assert f"| {m} | " in md
     img = read_png(paths["examples"])

@@ -140,6 +140,31 @@ def test_placement_true_in_box_false_when_swapped_or_empty():
         tw.placement(frames, boxes[:1], scene.objects)
 
 
+def test_placement_outcomes_name_each_failure():
+    import dataclasses
+
+    boxes = np.array(tw._DEMO_BOXES[2], np.float32)  # left / right halves
+    scene, _, _ = tw.sample_scene(_rng(0), 2, boxes)
+    scene = dataclasses.replace(scene, envs=np.ones_like(scene.envs))  # full size: all frames win
+    frames = tw.render(scene)
+    a, b = scene.objects
+    out = tw.placement_outcomes(frames, boxes, scene.objects)
+    assert out.dtype == np.int32 and (out == tw.OUTCOMES.index("correct")).all()
+    np.testing.assert_array_equal(out == 0, tw.placement(frames, boxes, scene.objects))
+    # swapped classes: the other source wins each box
+    assert (tw.placement_outcomes(frames, boxes, [b, a]) == tw.OUTCOMES.index("other")).all()
+    # only object a drawn: box 1 (for b) shows nothing, and b is nowhere -> absent
+    only_a = dataclasses.replace(
+        scene, objects=[a], centers=scene.centers[:1], sizes=scene.sizes[:1], envs=scene.envs[:1]
+    )
+    out = tw.placement_outcomes(tw.render(only_a), boxes, [a, b])
+    assert (out[0] == 0).all() and (out[1] == tw.OUTCOMES.index("absent")).all()
+    # a drawn in the right half while its box is the left one -> elsewhere
+    moved = dataclasses.replace(only_a, centers=scene.centers[1:2])
+    out = tw.placement_outcomes(tw.render(moved), boxes[:1], [a])
+    assert (out == tw.OUTCOMES.index("elsewhere")).all()
+
+
 def dataclasses_replace_empty(scene):
     import dataclasses
 
