@@ -515,17 +515,65 @@ def _count_probs(max_objects: int) -> np.ndarray:
     return np.array([0.15, 0.5] + [rest] * (max_objects - 1))
 
 
-def _batch_scenes(rng: np.random.Generator, batch: int, max_objects: int, t: int):
-    """Vectorised scene parameters for `batch` scenes (see _render_arrays) + captions pieces."""
+def _object_counts(counts: Sequence[float]) -> np.ndarray:
+    """Validated P(K = 0..len-1) for `counts` (normalised)."""
+    p = np.asarray(counts, np.float64)
+    if p.ndim != 1 or not 2 <= p.size <= _NUM_OBJ + 1 or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(
+            f"object counts must be 2..{_NUM_OBJ + 1} non-negative probabilities of K = 0, 1, ... "
+            f"objects with a positive sum, got {counts!r}"
+        )
+    return p / p.sum()
+
+
+def _separate_centers(rng: np.random.Generator, cls, sizes, tries: int = 40) -> np.ndarray:
+    """Centres [B, K, 2] in [0.15, 0.85]^2 drawn one object at a time so that no two objects of
+    a scene overlap (distance >= 1.15 (r_i + r_j) with full-size radii; the farthest of `tries`
+    candidates when none fits)."""
+    b, kmax = cls.shape
+    centers = np.zeros((b, kmax, 2))
+    for i in range(b):
+        for j in range(kmax):
+            cand = rng.uniform(0.15, 0.85, (tries, 2))
+            if j == 0 or cls[i, j] < 0:
+                centers[i, j] = cand[0]
+                continue
+            prev = centers[i, :j][cls[i, :j] >= 0]
+            need = 1.15 * (sizes[i, :j][cls[i, :j] >= 0] + sizes[i, j])
+            dist = np.linalg.norm(cand[:, None] - prev[None], axis=-1)  # [tries, prev]
+            slack = (dist - need[None]).min(axis=1)
+            ok = np.nonzero(slack >= 0)[0]
+            centers[i, j] = cand[ok[0]] if ok.size else cand[int(np.argmax(slack))]
+    return centers
+
+
+def _batch_scenes(
+    rng: np.random.Generator,
+    batch: int,
+    max_objects: int,
+    t: int,
+    counts: Sequence[float] | None = None,
+    separate: bool = False,
+):
+    """Vectorised scene parameters for `batch` scenes (see _render_arrays) + captions pieces.
+
+    counts: P(K = 0, 1, ...) objects (overrides `max_objects`); separate: objects of a scene do
+    not overlap (`_separate_centers`). The defaults draw exactly what they always drew."""
     if int(batch) != batch or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
-    probs = _count_probs(max_objects)
-    kmax = max(int(max_objects), 1)
-    counts = rng.choice(probs.size, batch, p=probs)
+    if counts is None:
+        probs = _count_probs(max_objects)
+        kmax = max(int(max_objects), 1)
+    else:
+        probs = _object_counts(counts)
+        kmax = max(probs.size - 1, 1)
+    n_obj = rng.choice(probs.size, batch, p=probs)
     order = np.argsort(rng.random((batch, _NUM_OBJ)), axis=1)[:, :kmax]
-    cls = np.where(np.arange(kmax)[None] < counts[:, None], order, -1)
+    cls = np.where(np.arange(kmax)[None] < n_obj[:, None], order, -1)
     centers = rng.uniform(0.2, 0.8, (batch, kmax, 2))
     sizes = rng.uniform(_MIN_SIZE, _MAX_SIZE, (batch, kmax))
+    if separate:
+        centers = _separate_centers(rng, cls, sizes)
     bg = rng.integers(len(BACKGROUNDS), size=batch)
     seeds = rng.integers(2**31, size=batch)
     envs = np.zeros((batch, kmax, t), np.float32)
@@ -569,14 +617,65 @@ def video_batch(
     res: int = RES,
     max_objects: int = 2,
     p_empty_caption: float = 0.0,
+    counts: Sequence[float] | None = None,
+    separate: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """(frames uint8 [B, num_frames, res, res, 3], captions): random scenes whose objects' sizes
-    follow their loudness envelopes (num_frames / FPS seconds)."""
+    follow their loudness envelopes (num_frames / FPS seconds). counts: P(K = 0, 1, ...)
+    objects per scene (default: `max_objects` with 0.15 / 0.5 / 0.35 over 0 / 1 / 2+);
+    separate: the objects of a scene never overlap (each one listed in the caption is seen)."""
     if int(num_frames) != num_frames or num_frames < 1 or res < 4:
         raise ValueError(f"need num_frames >= 1 and res >= 4, got {num_frames}, {res}")
-    cls, centers, sizes, bg, seeds, envs = _batch_scenes(rng, batch, max_objects, int(num_frames))
+    cls, centers, sizes, bg, seeds, envs = _batch_scenes(
+        rng, batch, max_objects, int(num_frames), counts, separate
+    )
     frames = _render_arrays(cls, centers, sizes, bg, seeds, envs, res)
     return frames, _captions(rng, cls, bg, p_empty_caption)
+
+
+def object_boxes(
+    cls: np.ndarray,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    rng: np.random.Generator | None = None,
+    max_pad: float = 0.4,
+) -> np.ndarray:
+    """float32 [B, K, 4] (x0, y0, x1, y1) boxes around each object at full size, clipped to
+    [0, 1]: the object's half-extent (size x its shape's extent), widened per side pair by a
+    random factor in [1, 1 + max_pad] (x and y drawn apart; none without `rng`) so that the
+    object sits centred in a box of any aspect, as `sample_scene(boxes=...)` places it. Rows of
+    cls == -1 are zeros."""
+    cls = np.asarray(cls, np.int64)
+    b, k = cls.shape
+    ext = np.array([_SHAPE_EXTENT[OBJECTS[max(int(c), 0)].shape] for c in cls.ravel()])
+    half = (np.asarray(sizes, np.float64).ravel() * ext).reshape(b, k, 1)
+    pad = np.ones((b, k, 2)) if rng is None else 1.0 + rng.uniform(0, max_pad, (b, k, 2))
+    c = np.asarray(centers, np.float64)
+    boxes = np.concatenate([c - half * pad, c + half * pad], axis=-1)
+    boxes = np.clip(boxes, 0.0, 1.0)
+    return np.where((cls >= 0)[..., None], boxes, 0.0).astype(np.float32)
+
+
+def video_layout_batch(
+    rng: np.random.Generator,
+    batch: int,
+    num_frames: int = NUM_FRAMES,
+    res: int = RES,
+    p_empty_caption: float = 0.0,
+    counts: Sequence[float] | None = None,
+    separate: bool = True,
+    max_pad: float = 0.4,
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """`video_batch` (objects apart by default) with the layout: (frames, captions, cls int
+    [B, K] (-1 = none), boxes float32 [B, K, 4] from `object_boxes`)."""
+    if int(num_frames) != num_frames or num_frames < 1 or res < 4:
+        raise ValueError(f"need num_frames >= 1 and res >= 4, got {num_frames}, {res}")
+    cls, centers, sizes, bg, seeds, envs = _batch_scenes(
+        rng, batch, 2, int(num_frames), counts, separate
+    )
+    frames = _render_arrays(cls, centers, sizes, bg, seeds, envs, res)
+    caps = _captions(rng, cls, bg, p_empty_caption)
+    return frames, caps, cls, object_boxes(cls, centers, sizes, rng, max_pad)
 
 
 def _separation_example(rng: np.random.Generator, seconds: float, sr: int, max_sources: int):

@@ -1,10 +1,10 @@
 """Training the toy world's generative models: VAE, text-to-image and text-to-video UNets.
 
 `python -m maestro_jax.train --config=configs/toy.py:<stage> --workdir=W` dispatches here for
-`config.task` in {"text", "imagebind", "vae", "t2i", "t2v"} (the CIM has its own trainer,
-`maestro_jax.training`, and the separator `maestro_jax.separator_training`). Data comes from the
-procedural world `data.toyworld`, drawn fresh every step from `seed + step` (so a resumed run
-sees exactly the batches an uninterrupted one would).
+`config.task` in {"text", "imagebind", "vae", "t2i", "t2v"} (t2v_layout is a t2v task; the CIM
+has its own trainer, `maestro_jax.training`, and the separator `maestro_jax.separator_training`).
+Data comes from the procedural world `data.toyworld`, drawn fresh every step from `seed + step`
+(so a resumed run sees exactly the batches an uninterrupted one would).
 
 - text: the frozen text encoder (OpenCLIP-shaped, tiny) with random weights: nothing trains;
   the stage only writes its export so every later stage and the generator share it.
@@ -16,6 +16,12 @@ sees exactly the batches an uninterrupted one would).
 - t2i: the 2D UNet (SD 2.1-shaped, eps, SD 2.1 schedule) on single frames + captions.
 - t2v: the 3D UNet (VideoCrafter2-shaped, eps, VC2 schedule with use_scale) on clips +
   captions, spatial weights initialised from the t2i export (VideoCrafter's recipe).
+- t2v_layout (task t2v, `p_layout` > 0): the t2v export fine-tuned on scenes of objects that
+  never overlap, where on a fraction `p_layout` of the entries each object's box attends only
+  to its label's tokens and the other cells to the null embedding (`LayoutEdit`: Mosaic
+  Denoising's attention, with a layout per entry), and on `p_merge` of the others the context
+  is C_merge (the labels' tokens side by side) instead of the caption. The toy stand-in for
+  what a web-scale T2V brings to Maestro: cross-attention that says where things are.
 
 Captions drop to "" with probability `p_uncond` (classifier-free guidance). Every stage keeps an
 EMA of its weights and exports it. Checkpoints: `W/ckpt.msgpack` (params, EMA, optimizer state,
@@ -38,13 +44,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
-from maestro_jax import diffusion
+from maestro_jax import diffusion, mosaic
 from maestro_jax.checkpoints import load_params, save_params
 from maestro_jax.models import clip_text
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
+from maestro_jax.nn.attention import dot_product_attention
 from maestro_jax.nn.random_init import random_like
 from maestro_jax.train_checkpoints import truncate_jsonl
 
@@ -224,9 +232,13 @@ def _unet_stage(config, temporal: bool):
     abstract = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
     params = random_like(abstract, int(config.seed))
     if temporal and config.get("init_from"):
-        src, _ = load_params(config.init_from)
-        params, n = _overlay(params, src)
-        log.info("t2v: %d tensors initialised from %s", n, config.init_from)
+        src, meta = load_params(config.init_from)
+        if (meta or {}).get("trained_frames"):  # a T2V export: continue from it (fine-tuning)
+            params = _same_tree(params, src, config.init_from)
+            log.info("t2v: initialised from the video model %s", config.init_from)
+        else:
+            params, n = _overlay(params, src)
+            log.info("t2v: %d tensors initialised from %s", n, config.init_from)
     schedule = diffusion.Schedule.vc2() if temporal else diffusion.Schedule.sd21(v=False)
     fps = float(config.get("fps", tw.FPS))
 
@@ -242,16 +254,47 @@ def _unet_stage(config, temporal: bool):
         noise = jax.random.normal(kn, z0.shape)
         xt = schedule.q_sample(z0, t, noise)
         extra = {"fps": jnp.full((b,), fps)} if temporal else {}
+        if layout is not None:
+            extra["attn_edit"] = LayoutEdit(
+                batch["slots"], tuple(batch[f"assign{i}"] for i in range(len(layout))),
+                resolutions=layout, num_frames=f,
+            )  # fmt: skip
         out = model.apply({"params": p}, xt, t, batch["ctx"], **extra)
         loss = jnp.mean((out - schedule.training_target(z0, noise, t)) ** 2)
         return loss, {}
 
+    counts = config.get("object_counts") or None
+    separate = bool(config.get("separate_objects", False))
+    p_layout = float(config.get("p_layout", 0.0))
+    layout = None
+    if p_layout > 0:
+        if not temporal or p_layout > 1:
+            raise ValueError(f"p_layout {p_layout} needs the t2v task and a value in [0, 1]")
+        layout = mosaic.unet_resolutions((lat, lat), len(ucfg.channel_mult))
+        null_ctx = captions([""])[0]
+        n_q, off = int(config.layout_n_q), 1
+        p_merge = float(config.get("p_merge", 0.0))
+
     def batch_fn(rng):
         pu = float(config.p_uncond)
+        if layout is not None:
+            frames, caps, cls, boxes = tw.video_layout_batch(
+                rng, int(config.batch_size), num_frames=f, res=res, p_empty_caption=pu,
+                counts=counts, separate=separate,
+            )  # fmt: skip
+            captioned = np.array([c != "" for c in caps])
+            use = (rng.random(len(caps)) < p_layout) & captioned
+            merge = (rng.random(len(caps)) < p_merge) & captioned & ~use
+            slots, assigns = layout_slots(
+                captions, null_ctx, caps, cls, boxes, use, layout, n_q, off, merge=merge
+            )
+            out = {"x": _frames01(frames), "ctx": slots[:, -1], "slots": slots}
+            return out | {f"assign{i}": a for i, a in enumerate(assigns)}
         if temporal:
             frames, caps = tw.video_batch(
-                rng, int(config.batch_size), num_frames=f, res=res, p_empty_caption=pu
-            )
+                rng, int(config.batch_size), num_frames=f, res=res, p_empty_caption=pu,
+                counts=counts, separate=separate,
+            )  # fmt: skip
         else:
             frames, caps = tw.image_batch(rng, int(config.batch_size), res=res, p_empty_caption=pu)
         return {"x": _frames01(frames), "ctx": captions(caps)}
@@ -268,6 +311,94 @@ def _unet_stage(config, temporal: bool):
         save_params(out, p, meta)
 
     return params, loss_fn, batch_fn, export
+
+
+# ----------------------------------------------------------------------------- layout training
+@struct.dataclass
+class LayoutEdit:
+    """Region-masked cross-attention for the toy T2V's layout fine-tuning (`t2v_layout`): the
+    query cells of batch entry b attend only to the context of their slot, as Mosaic Denoising
+    does at generation, but with a layout per entry (an `AttnEdit`).
+
+    slots: [B, S, L, D] contexts; assigns: per resolution [B, h*w] int32 slot of each cell."""
+
+    slots: jax.Array
+    assigns: tuple[jax.Array, ...]
+    resolutions: tuple[tuple[int, int], ...] = struct.field(pytree_node=False)
+    num_frames: int = struct.field(pytree_node=False, default=1)
+
+    def __call__(self, q, context, project_kv, *, scale, hw):
+        ri = self.resolutions.index((int(hw[0]), int(hw[1])))
+        b, s = self.slots.shape[:2]
+        f = self.num_frames
+        k, v = project_kv(self.slots)  # [B, S, L, H, dh]
+
+        def rows(x):  # [B, S, ...] -> [S, B*F, ...] (row b*F + f)
+            x = jnp.broadcast_to(x[:, None], (b, f, *x.shape[1:]))
+            return jnp.moveaxis(x.reshape(b * f, *x.shape[2:]), 1, 0)
+
+        outs = jax.vmap(lambda kk, vv: dot_product_attention(q, kk, vv, scale=scale))(
+            rows(k), rows(v)
+        )  # [S, B*F, T, H, dh]
+        slot = jnp.repeat(self.assigns[ri], f, axis=0)  # [B*F, T]
+        sel = slot[None] == jnp.arange(s, dtype=slot.dtype)[:, None, None]
+        return jnp.sum(jnp.where(sel[..., None, None], outs, 0), axis=0)
+
+
+def layout_slots(
+    captions: Any,
+    null_ctx: np.ndarray,
+    caps: list[str],
+    cls: np.ndarray,
+    boxes: np.ndarray,
+    use: np.ndarray,
+    resolutions: tuple[tuple[int, int], ...],
+    n_q: int,
+    token_offset: int = 1,
+    merge: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per-entry slot contexts and cell assignments for `LayoutEdit`.
+
+    Slots of entry b: K object contexts (the null embedding with columns [o, o + n_q) taken from
+    the class label's own embedding: exactly C_sep's layout, with the text the CIM is trained
+    to reproduce), then the null embedding (cells in no box: Mosaic Denoising's 'null'
+    background), then the plain context: the caption's embedding, or with merge[b] C_merge
+    (every object's label columns side by side in the null embedding, `mosaic.build_contexts`:
+    the context of Object Locating and of vanilla generation). Entries without use[b] send every
+    cell to the plain slot; the others are rasterised like `mosaic.rasterize` (centre cells,
+    smaller box first) at every resolution. Returns (slots float32 [B, K + 2, L, D], per
+    resolution int32 [B, h*w])."""
+    from data import toyworld as tw
+
+    b, k = cls.shape
+    labels = tw.labels()
+    slots = np.broadcast_to(null_ctx, (b, k + 2, *null_ctx.shape)).copy()
+    slots[:, k + 1] = captions(caps)
+    assigns = [np.full((b, h * w), k + 1, np.int32) for h, w in resolutions]
+    merge = np.zeros(b, bool) if merge is None else np.asarray(merge, bool)
+    cols = slice(token_offset, token_offset + n_q)
+    for i in np.nonzero(use | merge)[0]:
+        on = np.nonzero(cls[i] >= 0)[0]
+        if on.size == 0:
+            continue
+        toks = captions([labels[int(cls[i, j])] for j in on])[:, cols]  # [K_i, N_Q, D]
+        if not use[i]:
+            c_merge, _ = mosaic.build_contexts(null_ctx, toks[:, None], 1, token_offset)
+            slots[i, k + 1] = np.asarray(c_merge[0])
+            continue
+        slots[i, on, cols] = toks
+        for r, hw in enumerate(resolutions):
+            try:
+                ras = mosaic.rasterize(
+                    [tuple(float(v) for v in boxes[i, j]) for j in on], hw, 1, background="null"
+                )
+            except ValueError:  # a box too thin for this grid: the entry trains plainly
+                for a in assigns:
+                    a[i] = k + 1
+                break
+            a = ras.assign[0].reshape(-1)  # 0..len(on)-1 boxes, len(on) = none
+            assigns[r][i] = np.where(a < on.size, on[np.minimum(a, on.size - 1)], k)
+    return slots.astype(np.float32), assigns
 
 
 def spatial_name_map(src_top: list[str]) -> dict[str, str]:
@@ -307,6 +438,26 @@ def _overlay(params: Any, src: Any) -> tuple[Any, int]:
     if n == 0:
         raise ValueError("init_from: no tensor of the source matches the 3D UNet")
     return flax.traverse_util.unflatten_dict(flat), n
+
+
+def _same_tree(params: Any, src: Any, where: str) -> Any:
+    """`src` as the initial weights of a model whose tree is `params` (same paths and shapes)."""
+    flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params))
+    sflat = flax.traverse_util.flatten_dict(src)
+    bad = sorted(
+        "/".join(k) for k in flat.keys() ^ sflat.keys()
+    ) + sorted(
+        "/".join(k) for k in flat.keys() & sflat.keys()
+        if tuple(np.shape(sflat[k])) != tuple(flat[k].shape)
+    )  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"init_from={where!r} is a video model of another shape ({len(bad)} tensors differ, "
+            f"e.g. {bad[:3]}); set config.unet like the model it was trained with"
+        )
+    return flax.traverse_util.unflatten_dict(
+        {k: np.asarray(v, np.float32) for k, v in sflat.items()}
+    )
 
 
 def _provenance(config: Any) -> dict:

@@ -6,7 +6,8 @@ in its own process with its own progress bar; a stage whose export exists is ski
 interrupted stage resumes from its newest checkpoint when the command is run again. At the end
 the exports are copied (atomically) into `maestro_jax/assets/toy/`:
 
-    vc/unet  <- t2v      vc/vae <- vae      vc/text <- text     t2i/ <- t2i
+    vc/unet  <- t2v_layout (the t2v model, layout fine-tuned)   vc/vae <- vae   vc/text <- text
+    t2i/ <- t2i
     imagebind/ <- imagebind     cim/ <- cim     separator/ <- separator
 
 with `build.json` (per stage: the command, wall time, steps, the final logged metrics; the
@@ -34,7 +35,7 @@ ASSETS = REPO / "maestro_jax" / "assets" / "toy"
 LAYOUT = {
     "text": "vc/text",
     "vae": "vc/vae",
-    "t2v": "vc/unet",
+    "t2v_layout": "vc/unet",
     "t2i": "t2i",
     "imagebind": "imagebind",
     "cim": "cim",
@@ -56,6 +57,7 @@ SMOKE = {
     "vae": ["--config.total_steps=3", "--config.batch_size=2"],
     "t2i": ["--config.total_steps=3", "--config.batch_size=2"],
     "t2v": ["--config.total_steps=3", "--config.batch_size=1"],
+    "t2v_layout": ["--config.total_steps=2", "--config.batch_size=1"],
     "separator": ["--config.total_steps=3"],
     "cim": ["--config.total_steps=3", "--config.data.synthetic_clips=12"],
 }
@@ -114,7 +116,7 @@ def run_stage(stage: str, root: Path, force: bool = False, extra: list[str] | No
 
 def write_demo(folder: Path, seed: int = 25, num_sources: int = 2) -> None:
     """The bundled demo mixture of `make demo`: mixture.wav + job.json (queries, boxes). Seed 25
-    gives a blue square (left) and a red disc (right): the classes the toy T2V draws best."""
+    gives a blue square (left) and a red disc (right)."""
     from data import toyworld
     from maestro_jax import audio as audio_lib
 

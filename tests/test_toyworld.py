@@ -82,6 +82,35 @@ def test_batches_shapes_and_distribution():
         tw.separation_batch(rng, 2, max_sources=1)
 
 
+def test_object_counts_and_separated_scenes():
+    rng = _rng(3)
+    counts = (0.0, 0.0, 0.5, 0.5)  # two or three objects, never zero or one
+    cls, centers, sizes, *_ = tw._batch_scenes(rng, 200, 2, 8, counts=counts, separate=True)
+    k = (cls >= 0).sum(1)
+    assert set(k.tolist()) == {2, 3} and 0.35 < np.mean(k == 3) < 0.65
+    assert cls.shape[1] == 3  # counts sets the most objects, max_objects is ignored
+    # no two objects of a scene overlap (full-size radii, 1.15x margin), bar a rare fallback
+    gaps = []
+    for c, x, r in zip(cls, centers, sizes):
+        on = np.nonzero(c >= 0)[0]
+        for a in on:
+            for b in on[on > a]:
+                gaps.append(np.linalg.norm(x[a] - x[b]) - 1.15 * (r[a] + r[b]))
+    assert np.mean(np.array(gaps) >= 0) > 0.97
+    assert np.all((centers >= 0.15) & (centers <= 0.85))
+    # the captions list every object; the frames show every one of them (none hidden)
+    vid, caps = tw.video_batch(_rng(4), 12, counts=counts, separate=True)
+    assert all(c.count(" and ") in (1, 2) for c in caps)
+    # the default draw is unchanged by the new options' existence
+    a = tw.video_batch(_rng(5), 3)
+    b = tw.video_batch(_rng(5), 3, counts=None, separate=False)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1]
+    for bad in ((1.0,), (0.5, -0.1, 0.6), (0.0, 0.0), (0.2,) * 6):
+        with pytest.raises(ValueError, match="object counts"):
+            tw.video_batch(_rng(6), 2, counts=bad)
+
+
 def test_separation_target_is_a_stem_of_the_mixture():
     for seed in range(3):
         mix, tgt, q = tw.separation_batch(_rng(seed), 1, max_sources=4)
@@ -229,3 +258,28 @@ def test_write_cim_dataset_readable(tmp_path):
     for i in range(4):
         d = np.linalg.norm(batch["frames"][i].astype(np.float32) - tw.OBJECT_COLORS[i], axis=-1)
         assert (d < 40).sum() > 0
+
+
+def test_layout_batch_boxes_hold_their_objects():
+    """video_layout_batch: every object is drawn inside its box (all frames), centred in it."""
+    rng = _rng(5)
+    frames, caps, cls, boxes = tw.video_layout_batch(
+        rng, 24, counts=(0.0, 0.3, 0.4, 0.3), separate=True
+    )
+    assert frames.shape[:2] == (24, tw.NUM_FRAMES) and len(caps) == 24
+    assert np.all(boxes[cls < 0] == 0)
+    res = frames.shape[2]
+    pix = (np.arange(res) + 0.5) / res
+    checked = 0
+    for i, j in zip(*np.nonzero(cls >= 0)):
+        col = tw.OBJECT_COLORS[cls[i, j]]
+        near = np.all(np.abs(frames[i].astype(int) - col) <= 2, axis=-1)  # [T, H, W]
+        x0, y0, x1, y1 = boxes[i, j]
+        inside = (pix[None, :] >= y0 - 1 / res) & (pix[None, :] <= y1 + 1 / res)
+        inside = inside.T & ((pix[None, :] >= x0 - 1 / res) & (pix[None, :] <= x1 + 1 / res))
+        assert not np.any(near & ~inside[None]), (i, j)
+        checked += int(near.any())
+    assert checked >= 0.8 * int((cls >= 0).sum())
+    # without a rng the box is the object's tight full-size extent
+    tight = tw.object_boxes(np.array([[0]]), np.array([[[0.5, 0.5]]]), np.array([[0.2]]))
+    np.testing.assert_allclose(tight[0, 0], [0.3, 0.3, 0.7, 0.7], atol=1e-6)
