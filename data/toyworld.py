@@ -610,6 +610,17 @@ def image_batch(
     return frames, _captions(rng, cls, bg, p_empty_caption)
 
 
+def _video_scenes(rng, batch, num_frames, res, max_objects, p_empty_caption, counts, separate):
+    """(frames, captions, cls, centers, sizes) of `video_batch` / `video_layout_batch`."""
+    if int(num_frames) != num_frames or num_frames < 1 or res < 4:
+        raise ValueError(f"need num_frames >= 1 and res >= 4, got {num_frames}, {res}")
+    cls, centers, sizes, bg, seeds, envs = _batch_scenes(
+        rng, batch, max_objects, int(num_frames), counts, separate
+    )
+    frames = _render_arrays(cls, centers, sizes, bg, seeds, envs, res)
+    return frames, _captions(rng, cls, bg, p_empty_caption), cls, centers, sizes
+
+
 def video_batch(
     rng: np.random.Generator,
     batch: int,
@@ -624,13 +635,8 @@ def video_batch(
     follow their loudness envelopes (num_frames / FPS seconds). counts: P(K = 0, 1, ...)
     objects per scene (default: `max_objects` with 0.15 / 0.5 / 0.35 over 0 / 1 / 2+);
     separate: the objects of a scene never overlap (each one listed in the caption is seen)."""
-    if int(num_frames) != num_frames or num_frames < 1 or res < 4:
-        raise ValueError(f"need num_frames >= 1 and res >= 4, got {num_frames}, {res}")
-    cls, centers, sizes, bg, seeds, envs = _batch_scenes(
-        rng, batch, max_objects, int(num_frames), counts, separate
-    )
-    frames = _render_arrays(cls, centers, sizes, bg, seeds, envs, res)
-    return frames, _captions(rng, cls, bg, p_empty_caption)
+    out = _video_scenes(rng, batch, num_frames, res, max_objects, p_empty_caption, counts, separate)
+    return out[0], out[1]
 
 
 def object_boxes(
@@ -668,13 +674,9 @@ def video_layout_batch(
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """`video_batch` (objects apart by default) with the layout: (frames, captions, cls int
     [B, K] (-1 = none), boxes float32 [B, K, 4] from `object_boxes`)."""
-    if int(num_frames) != num_frames or num_frames < 1 or res < 4:
-        raise ValueError(f"need num_frames >= 1 and res >= 4, got {num_frames}, {res}")
-    cls, centers, sizes, bg, seeds, envs = _batch_scenes(
-        rng, batch, 2, int(num_frames), counts, separate
+    frames, caps, cls, centers, sizes = _video_scenes(
+        rng, batch, num_frames, res, 2, p_empty_caption, counts, separate
     )
-    frames = _render_arrays(cls, centers, sizes, bg, seeds, envs, res)
-    caps = _captions(rng, cls, bg, p_empty_caption)
     return frames, caps, cls, object_boxes(cls, centers, sizes, rng, max_pad)
 
 
