@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 # Rebuild the toy world's weights from scratch (about an hour on 2 CPU cores; resumable).
 toy-world: $(STAMP)
-	$(VPY) -m maestro_jax.toy_world
+	$(VPY) -m maestro_jax.toy.build
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadfile tests

@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from maestro_jax import audio_encoder as ae
+from maestro_jax.audio import encoder as ae
 from maestro_jax.models.cim import CIMConfig
 from maestro_jax.models.imagebind import imagebind_huge
 

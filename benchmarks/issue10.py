@@ -7,8 +7,8 @@
 
 What is measured (random weights of the full-size shapes: speed does not depend on values):
   matmul     the card's bf16 dense matmul rate, measured with big `jnp.dot`s (the MFU denominator);
-  sample     one whole Maestro sample through `pipeline.prepare_job` + `pipeline.sample_maestro`
-             + `pipeline.decode` (N_A = 2 sources, LR boxes, N_D = 6 locate steps then Mosaic
+  sample     one whole Maestro sample through `sampling.prepare_job` + `sampling.sample_maestro`
+             + `sampling.decode` (N_A = 2 sources, LR boxes, N_D = 6 locate steps then Mosaic
              Denoising, CFG, eta 1): compile time (XLA events) and the median of 2 timed runs, the
              sampling and the VAE decode timed apart, and the device's peak memory right after;
   forwards   one CFG sampling step's UNet call (batch 2 = [uncond; cond], Mosaic edit) and plain
@@ -155,15 +155,15 @@ def fast_random_like(shapes: Any, seed: int = 0, pool_size: int = 1 << 24) -> An
 
 
 def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
-    """`pipeline.Models` with full-size (or tiny) VC2 UNet + VAE and random weights.
+    """`gen_models.Models` with full-size (or tiny) VC2 UNet + VAE and random weights.
 
     The text encoder only provides the null embedding, so it is a small random one of the UNet's
     context width (its cost is not part of any target)."""
     import jax
     import jax.numpy as jnp
 
-    from maestro_jax import pipeline
     from maestro_jax.diffusion import Schedule
+    from maestro_jax.generation import models as gen_models
     from maestro_jax.models import clip_text as ct
     from maestro_jax.models.tokenizer import HashTokenizer
     from maestro_jax.models.unet import UNet, UNetConfig
@@ -182,7 +182,7 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
         vae_cfg = VAEConfig.sd(dtype=jnp.dtype(args.dtype))
         text_cfg = ct.tiny(width=unet_cfg.context_dim, heads=16, layers=2, embed_dim=None)
     else:
-        unet_cfg, vae_cfg, text_cfg = pipeline.tiny_configs(args.dtype)
+        unet_cfg, vae_cfg, text_cfg = gen_models.tiny_configs(args.dtype)
         unet_cfg = unet_cfg.replace(**impls)
     t0 = time.perf_counter()
     d = unet_cfg.context_dim
@@ -206,7 +206,7 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
     jax.block_until_ready((unet_p, vae_p))
     n_unet = sum(int(x.size) for x in jax.tree.leaves(unet_p))
     n_vae = sum(int(x.size) for x in jax.tree.leaves(vae_p))
-    models = pipeline.Models(
+    models = gen_models.Models(
         unet_cfg,
         unet_p,
         vae_cfg,
@@ -259,7 +259,8 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from maestro_jax import mosaic, pipeline
+    from maestro_jax import mosaic
+    from maestro_jax.generation import sampling
     from maestro_jax.models.unet import UNet
 
     res: dict[str, Any] = {"errors": {}}
@@ -292,22 +293,22 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
           f"VAE {info['vae_params_m']:.1f} M, attention {info['attn_impls']}", flush=True)  # fmt: skip
 
     # ---- one Maestro job: N_A = 2 random audio sources, LR boxes, mosaic on, N_D = 6
-    spec = pipeline.VideoSpec(size["frames"], size["height"], size["width"])
+    spec = sampling.VideoSpec(size["frames"], size["height"], size["width"])
     d = models.context_width
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.standard_normal((2, 2, size["n_q"], d)).astype(np.float32))
     loc_boxes, mos_boxes = mosaic.preset("LR")
     n_d = 6 if size["steps"] > 6 else size["steps"] // 2  # both phases run, even in a smoke run
-    settings = pipeline.SamplerSettings(steps=size["steps"], n_d=n_d)
-    job = pipeline.prepare_job(models, tokens, loc_boxes, mos_boxes, spec, seed=0)
+    settings = sampling.SamplerSettings(steps=size["steps"], n_d=n_d)
+    job = sampling.prepare_job(models, tokens, loc_boxes, mos_boxes, spec, seed=0)
     jax.block_until_ready(job.x_T)
     fc = args.frame_chunk or None
 
     def one_sample() -> tuple[float, float]:
         t0 = time.perf_counter()
-        lat = jax.block_until_ready(pipeline.sample_maestro(models, [job], settings))
+        lat = jax.block_until_ready(sampling.sample_maestro(models, [job], settings))
         t1 = time.perf_counter()
-        frames = pipeline.decode(models, lat, frame_chunk=fc)  # numpy: waits for the device
+        frames = sampling.decode(models, lat, frame_chunk=fc)  # numpy: waits for the device
         t2 = time.perf_counter()
         assert frames.shape == (1, spec.num_frames, spec.height, spec.width, 3), frames.shape
         return t1 - t0, t2 - t1

@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from configs.cim import get_config  # noqa: E402
-from maestro_jax import training  # noqa: E402
 from maestro_jax.sharding import batch_sharding, make_mesh  # noqa: E402
+from maestro_jax.training import cim as training  # noqa: E402
+from maestro_jax.training.cim_config import get_config  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
 UNET_TFLOP_PER_FRAME = 0.80  # spec video_models.md 5: SD 2.1 UNet forward, 64 x 64 latent
@@ -257,7 +257,7 @@ def _batch_shapes(c, models, args, n_dev):
 
 
 def _lower_only(c, models, spec, tx, sched, mesh, args) -> int:
-    from maestro_jax.train_checkpoints import abstract_with_shardings
+    from maestro_jax.training.checkpoints import abstract_with_shardings
 
     repl = NamedSharding(mesh, P())
     frozen = {}

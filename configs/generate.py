@@ -15,8 +15,4 @@ Examples:
       --outdir sweep
 """
 
-from maestro_jax.gen_config import generation_config
-
-
-def get_config(arg=None):
-    return generation_config(arg or "default")
+from maestro_jax.generation.config import get_config  # noqa: F401

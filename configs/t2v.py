@@ -11,10 +11,8 @@ Examples:
       --config.bpe_path=bpe_simple_vocab_16e6.txt.gz --prompt "a dog barking" --outdir out
 """
 
-from maestro_jax.gen_config import generation_config
+from maestro_jax.generation.config import t2v_config
 
 
 def get_config(arg=None):
-    c = generation_config(arg or "default")
-    c.fps = 28 if c.model == "full" else c.fps  # VideoCrafter2's run_text2video.sh
-    return c
+    return t2v_config(arg)

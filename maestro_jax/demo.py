@@ -11,7 +11,7 @@ asked to appear.
     python -m maestro_jax.demo [--outdir outputs/demo] [--assets DIR] [--seed 0]
 
 The weights come from `make toy-world` (`maestro_jax/assets/toy/build.json` says how they were
-made). The toy world: `data/toyworld.py`.
+made). The toy world: `maestro_jax/toy/world.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _where(box: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from configs import toy_generate
+    from maestro_jax.toy import config as toy_generate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--outdir", default="outputs/demo")
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(demo.read_text())
     build = json.loads((assets / "build.json").read_text())
 
-    from maestro_jax import generation as gen
-    from maestro_jax.jobs import Job
+    from maestro_jax.generation import runner as gen
+    from maestro_jax.generation.jobs import Job
 
     cfg = toy_generate.generate_config()
     cfg.assets = str(assets)

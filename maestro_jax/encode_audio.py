@@ -24,7 +24,7 @@ _OUT = flags.DEFINE_string("out", "audio_tokens.npz", "output .npz")
 def build_encoder(cfg):
     import jax.numpy as jnp
 
-    from maestro_jax import audio_encoder as ae
+    from maestro_jax.audio import encoder as ae
 
     dtype = jnp.dtype(cfg.dtype)
     if cfg.model == "tiny":
@@ -45,7 +45,7 @@ def build_encoder(cfg):
 def main(argv):
     del argv
     from maestro_jax import audio as audio_lib
-    from maestro_jax import audio_encoder as ae
+    from maestro_jax.audio import encoder as ae
     from maestro_jax.video import atomic_path
 
     cfg = _CONFIG.value

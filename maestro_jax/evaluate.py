@@ -53,7 +53,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from maestro_jax.jobs import write_json
+from maestro_jax.generation.jobs import write_json
 from maestro_jax.video import atomic_path
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -243,7 +243,7 @@ def _build_scorers(cfg) -> Scorers:
         w = {"imagebind": "off", "i3d": str(cfg.i3d_checkpoint or "")}
         return Scorers(cfg, None, None, None, cfg.model == "tiny", w)
     if cfg.model == "tiny":
-        from maestro_jax.audio_encoder import tiny_imagebind
+        from maestro_jax.audio.encoder import tiny_imagebind
 
         ibc = dataclasses.replace(tiny_imagebind(dtype), image_size=int(cfg.tiny.image_size))
         a = random_init(ib.ImageBindAudio(ibc), ib.dummy_input("audio", ibc), seed=cfg.seed)
@@ -464,9 +464,9 @@ def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = p
 
 def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
     """Toy world: is box k's majority colour the class of stem k, per frame
-    (`data.toyworld.placement`; true classes from the stems' `toyworld.json`)."""
-    from data import toyworld
-    from maestro_jax.toy_eval import read_truth
+    (`maestro_jax.toy.world.placement`; true classes from the stems' `toyworld.json`)."""
+    from maestro_jax.toy import world as toyworld
+    from maestro_jax.toy.evaluate import read_truth
 
     classes = read_truth(it.stems) if it.stems else None
     if it.boxes is None or classes is None or len(classes) != it.boxes.shape[0]:
@@ -630,7 +630,7 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
     if any((r.get("placement") or {}).get("metric") == "toy_colour" for r in results):
         notes.append(
             "- Placement (toy world): fraction of (box, frame) pairs whose box shows its own "
-            "source's class by colour (data.toyworld.placement)."
+            "source's class by colour (maestro_jax.toy.world.placement)."
         )
     elif has_place:
         notes.append(
@@ -680,7 +680,7 @@ def _parse_videos(specs: Sequence[str]) -> list[tuple[str, str]]:
 def main(argv):
     from absl import app
 
-    from maestro_jax.generation import enable_compilation_cache
+    from maestro_jax.generation.runner import enable_compilation_cache
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

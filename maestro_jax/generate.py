@@ -39,8 +39,8 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maestro_jax.generation import InputError, enable_compilation_cache, run
-from maestro_jax.jobs import Job, JobError
+from maestro_jax.generation.jobs import Job, JobError
+from maestro_jax.generation.runner import InputError, enable_compilation_cache, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py", "generation config")
 _AUDIO = flags.DEFINE_multi_string("audio", [], "a source's audio file (one per source)")
@@ -62,7 +62,7 @@ def jobs_from_flags(cfg) -> list[Job]:
     if _JOBS.value:
         if _AUDIO.value or _MIXTURE.value or _PROMPT.value:
             raise InputError("--jobs cannot be combined with --audio/--mixture/--prompt")
-        from maestro_jax.jobs import read_jobs
+        from maestro_jax.generation.jobs import read_jobs
 
         return read_jobs(_JOBS.value)
     boxes: Any = None

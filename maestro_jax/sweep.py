@@ -11,7 +11,7 @@ Tiny random models (CPU, no files; the numbers only test the plumbing):
   python -m maestro_jax.sweep --config=configs/sweeps/modes.py:runlocal --config.param_values="('vanilla','maestro')"
 
 Toy world (the committed toy weights; placement = box colour accuracy on random toy scenes whose
-stems and true classes are written under OUTDIR/toy_jobs/, see `maestro_jax.toy_eval`):
+stems and true classes are written under OUTDIR/toy_jobs/, see `maestro_jax.toy.evaluate`):
   python -m maestro_jax.sweep --config=configs/toy.py:sweep_nd
 
 Real weights (converted with convert.videocrafter / convert.imagebind --modalities audio,vision /
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from maestro_jax import evaluate as ev
-from maestro_jax.jobs import Job, JobError, output_paths, read_jobs, write_json
+from maestro_jax.generation.jobs import Job, JobError, output_paths, read_jobs, write_json
 from maestro_jax.video import atomic_path
 
 PARAMS = ("n_d", "mode", "num_queries", "lambda1")
@@ -101,7 +101,7 @@ def parse_stems(spec: str, audio_dir: str, seed: int) -> list[Job]:
 
 def base_jobs(cfg) -> list[Job]:
     if cfg.get("toy_jobs"):  # toy world: random scenes, stems + truth written under outdir
-        from maestro_jax import toy_eval
+        from maestro_jax.toy import evaluate as toy_eval
 
         try:
             toy = toy_eval.make_jobs(int(cfg.toy_jobs), tuple(cfg.toy_sources), int(cfg.toy_seed))
@@ -171,7 +171,7 @@ def plan(cfg) -> list[Point]:
             for j in js:  # per job, so one models object (and its compiled UNet) serves all
                 j.n_d = int(v)
         elif param == "mode":
-            from maestro_jax.pipeline import MODES
+            from maestro_jax.generation.sampling import MODES
 
             if v not in MODES:
                 raise SweepError(f"mode {v!r} is not one of {MODES}")
@@ -205,11 +205,11 @@ def write_tiny_cim(path: Path, num_queries: int, seed: int) -> None:
     """A random tiny CIM folder (runlocal stand-in for a trained checkpoint of one value)."""
     import jax.numpy as jnp
 
-    from maestro_jax import audio_encoder as ae
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import encoder as ae
     from maestro_jax.checkpoints import save_params
+    from maestro_jax.generation import models as gen_models
 
-    ctx = pl.tiny_configs()[0].context_dim
+    ctx = gen_models.tiny_configs()[0].context_dim
     cim_cfg = ae.tiny_cim(ctx, num_queries)
     enc = ae.init_random(ae.tiny_imagebind(jnp.float32), cim_cfg, seed)
     meta = dataclasses.asdict(cim_cfg)
@@ -327,7 +327,7 @@ def _check_weights(points: Sequence[Point]) -> None:
     if g.model != "full":
         return
     if g.get("variant") == "toy":  # the toy world's weights: say how to build them
-        from maestro_jax import toy_eval
+        from maestro_jax.toy import evaluate as toy_eval
 
         try:
             toy_eval.check_assets(g)
@@ -347,7 +347,7 @@ def _check_weights(points: Sequence[Point]) -> None:
 def run_sweep(cfg, log: Callable = print) -> dict:
     """Generate + evaluate every value, then write the table, the plots and the grid.
     Returns {'rows', 'failed', 'table', 'plots', 'grid'} (paths as strings)."""
-    from maestro_jax import generation as gen
+    from maestro_jax.generation import runner as gen
 
     points = plan(cfg)
     ecfg = copy.deepcopy(cfg.evaluation)
@@ -411,7 +411,7 @@ def run_sweep(cfg, log: Callable = print) -> dict:
 def main(argv):
     from absl import app
 
-    from maestro_jax.generation import enable_compilation_cache
+    from maestro_jax.generation.runner import enable_compilation_cache
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -1,8 +1,8 @@
 """Train the CIM: `python -m maestro_jax.train --config=configs/cim.py[:variant] --workdir=W`.
 
 The same entry point trains the toy world's stages (`configs/toy.py:<stage>`, `config.task`:
-text | imagebind | vae | t2i | t2v -> `maestro_jax.toy_training`, separator ->
-`maestro_jax.separator_training`, cim -> `maestro_jax.training`).
+text | imagebind | vae | t2i | t2v -> `maestro_jax.toy.stages`, separator ->
+`maestro_jax.training.separator`, cim -> `maestro_jax.training.cim`).
 
 Trains until `config.total_steps`, resuming from the newest checkpoint in W; appends one JSON
 line per step to W/metrics.jsonl (TensorBoard events under W/tb, sample images under
@@ -50,13 +50,13 @@ def main(argv: list[str]) -> int:
     logging.getLogger("absl").addFilter(
         lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
     )
-    from maestro_jax import training  # noqa: PLC0415
+    from maestro_jax.training import cim as training  # noqa: PLC0415
 
     task = config.get("task", "cim")
     if task == "separator":
-        from maestro_jax import separator_training as trainer  # noqa: PLC0415
+        from maestro_jax.training import separator as trainer  # noqa: PLC0415
     elif task != "cim":
-        from maestro_jax import toy_training as trainer  # noqa: PLC0415
+        from maestro_jax.toy import stages as trainer  # noqa: PLC0415
     else:
         trainer = training
 

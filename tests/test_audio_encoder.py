@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from maestro_jax import audio as audio_lib
-from maestro_jax import audio_encoder as ae
+from maestro_jax.audio import encoder as ae
 from maestro_jax.sharding import param_shardings
 
 

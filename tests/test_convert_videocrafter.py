@@ -9,9 +9,10 @@ from safetensors.numpy import load_file
 
 from convert.common import ConversionError, flatten
 from convert.videocrafter import convert_videocrafter
-from maestro_jax import pipeline as pl
 from maestro_jax.checkpoints import load_params
 from maestro_jax.diffusion import Schedule
+from maestro_jax.generation import models as gen_models
+from maestro_jax.generation import sampling
 from maestro_jax.models import clip_text as ct
 from maestro_jax.models.unet import UNetConfig
 from maestro_jax.models.vae import VAEConfig
@@ -49,10 +50,10 @@ def test_load_models_reads_the_folder(parts, tmp_path, fixtures_dir):
     sd, unet, vae, text = parts
     out = convert_videocrafter(sd, tmp_path / "vc2", unet, vae, text)
     bpe = fixtures_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-    m = pl.load_models(out, dtype="float32", bpe_path=str(bpe))
+    m = gen_models.load_models(out, dtype="float32", bpe_path=str(bpe))
     assert m.unet_config.model_channels == unet.model_channels
     assert m.vae_config.ch == vae.ch and m.text_config.width == text.width
-    emb = np.asarray(pl.null_context(m))
+    emb = np.asarray(gen_models.null_context(m))
     assert emb.shape == (77, text.width) and np.isfinite(emb).all()
 
 
@@ -73,8 +74,8 @@ def test_frames_must_match_the_checkpoint(parts, tmp_path, fixtures_dir):
     sd, unet, vae, text = parts
     out = convert_videocrafter(sd, tmp_path / "vc2", unet, vae, text, trained_frames=4)
     bpe = fixtures_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-    m = pl.load_models(out, dtype="float32", bpe_path=str(bpe))
+    m = gen_models.load_models(out, dtype="float32", bpe_path=str(bpe))
     assert m.trained_frames == 4
-    pl.VideoSpec(4, 32, 32).check(m)
+    sampling.VideoSpec(4, 32, 32).check(m)
     with pytest.raises(ValueError, match="do not match the checkpoint, which was trained with 4"):
-        pl.VideoSpec(16, 32, 32).check(m)
+        sampling.VideoSpec(16, 32, 32).check(m)

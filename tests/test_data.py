@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from data import prepare as P
-from data.synthetic import make_synthetic_videos, write_synthetic_dataset
+from maestro_jax.data import prepare as P
+from maestro_jax.data.synthetic import make_synthetic_videos, write_synthetic_dataset
 
 BPE = "clip_tokenizer/bpe_simple_vocab_16e6.txt.gz"
 RES = 32
@@ -200,8 +200,8 @@ def test_prepare_resume(prepared):
 def test_prepare_vggsound_and_frames_wav_layouts(tmp_path):
     import cv2
 
-    from data.synthetic import render_audio, render_frames
     from maestro_jax.audio import write_wav
+    from maestro_jax.data.synthetic import render_audio, render_frames
     from maestro_jax.video import write_video
 
     # VGGSound: two pre-cut clips, one corrupt file, one full video cut at 3 s, one missing.
@@ -244,7 +244,7 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path):
     (m,) = P.read_jsonl(out / "manifest.jsonl")
     assert m["label"] == "horse neighing" and m["num_frames"] == 40 and m["fps"] == 8.0
     assert m["frame_indices"] == P.frame_indices(40, "release")
-    from data.pipeline import data_source
+    from maestro_jax.data.pipeline import data_source
 
     rec = data_source(out, "train")[0]
     assert rec["frames"].shape == (10, 16, 16, 3) and "audio" not in rec
@@ -257,7 +257,7 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path):
 
 @pytest.fixture(scope="module")
 def curated(prepared, fixtures_dir):
-    from data.curate import curate
+    from maestro_jax.data.curate import curate
 
     cur = prepared["root"] / "curated"
     summary = curate(prepared["out"], "random-tiny", cur, bpe_path=fixtures_dir / BPE)
@@ -265,7 +265,7 @@ def curated(prepared, fixtures_dir):
 
 
 def test_curate_median_rule_and_filters(prepared, curated):
-    from data.curate import SIMS
+    from maestro_jax.data.curate import SIMS
     from maestro_jax.video import read_png
 
     cur = curated["dir"]
@@ -293,8 +293,8 @@ def test_curate_median_rule_and_filters(prepared, curated):
 
 
 def test_curate_copies_kept_records(prepared, curated, fixtures_dir):
-    from data.curate import curate
-    from data.pipeline import data_source
+    from maestro_jax.data.curate import curate
+    from maestro_jax.data.pipeline import data_source
 
     # sim_rule='none' keeps everything but the static and the silent clip.
     cur = prepared["root"] / "curated_none"
@@ -339,7 +339,7 @@ def _ids(ds, n=None):
 def test_synthetic_dataset_format(syn):
     import tensorflow_datasets as tfds
 
-    from data.pipeline import dataset_info, make_dataset
+    from maestro_jax.data.pipeline import dataset_info, make_dataset
 
     info = dataset_info(syn)
     assert info["splits"] == {"train": N_SYN, "test": 2}
@@ -356,7 +356,7 @@ def test_synthetic_dataset_format(syn):
 
 
 def test_pipeline_determinism_and_epochs(syn):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     kw = dict(batch_size=4, keys=("clip_id",))
     a = _ids(make_dataset(syn, "train", seed=3, num_epochs=2, **kw))
@@ -371,7 +371,7 @@ def test_pipeline_determinism_and_epochs(syn):
 
 
 def test_pipeline_host_sharding(syn):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     kw = dict(batch_size=1, seed=7, keys=("clip_id",))
     # Infinite stream: host h gets global elements h, h + P, h + 2P, ...
@@ -406,7 +406,7 @@ def test_pipeline_host_sharding(syn):
 
 
 def test_pipeline_iterator_state_roundtrip(syn):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     def make():
         return make_dataset(syn, "train", batch_size=3, seed=11, keys=("clip_id", "mel"))
@@ -426,10 +426,10 @@ def test_pipeline_iterator_state_roundtrip(syn):
 
 
 def test_pipeline_errors(syn, tmp_path):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     with pytest.raises(ValueError, match="split 'validation'"):
         make_dataset(syn, "validation", batch_size=2, seed=0)
-    with pytest.raises(FileNotFoundError, match="data.prepare"):
+    with pytest.raises(FileNotFoundError, match="maestro_jax.data.prepare"):
         make_dataset(tmp_path, "train", batch_size=2, seed=0)
     shutil.rmtree(tmp_path)

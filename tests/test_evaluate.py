@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import evaluate as eval_configs
-from configs.sweeps import lambda1 as lambda1_cfg
-from configs.sweeps import modes as modes_cfg
-from configs.sweeps import nd as nd_cfg
-from configs.sweeps import nq as nq_cfg
 from maestro_jax import evaluate as ev
 from maestro_jax import plots
 from maestro_jax import sweep as sw
+from maestro_jax.evaluation import config as eval_configs
+from maestro_jax.evaluation.sweep_config import lambda1 as lambda1_cfg
+from maestro_jax.evaluation.sweep_config import modes as modes_cfg
+from maestro_jax.evaluation.sweep_config import nd as nd_cfg
+from maestro_jax.evaluation.sweep_config import nq as nq_cfg
 from maestro_jax.video import read_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,8 +201,8 @@ def test_sweep_plans(audio_dir, tmp_path):
 
 def test_tiny_cim_checkpoint_loads(tmp_path):
     """The runlocal stand-in CIM folder loads through generate's checkpoint path."""
-    from configs import generate as gen_configs
-    from maestro_jax import generation as gen
+    from maestro_jax.generation import config as gen_configs
+    from maestro_jax.generation import runner as gen
 
     sw.write_tiny_cim(tmp_path / "cim", num_queries=2, seed=3)
     cfg = gen_configs.get_config("runlocal")

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import generate as gen_configs
-from configs import t2v as t2v_configs
-from maestro_jax import generation as gen
 from maestro_jax.audio import load_audio
-from maestro_jax.jobs import Job
+from maestro_jax.generation import config as gen_configs
+from maestro_jax.generation import config as t2v_configs
+from maestro_jax.generation import runner as gen
+from maestro_jax.generation import sampling
+from maestro_jax.generation.jobs import Job
 from maestro_jax.video import read_png, read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,35 +131,34 @@ def test_sweep_batched_resumable_and_failures(cfg, audio_dir, tmp_path, capsys):
 
 
 def test_same_job_and_seed_same_video(cfg, audio_dir):
-    from maestro_jax import audio_encoder as ae
     from maestro_jax import mosaic
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import encoder as ae
+    from maestro_jax.generation import sampling
 
     m = gen.build_models(cfg)
     stems = [load_audio(audio_dir / "dog.wav"), load_audio(audio_dir / "piano.wav")]
     tokens = ae.encode_stems(m.audio, stems)
-    spec = pl.VideoSpec(cfg.num_frames, cfg.height, cfg.width)
+    spec = sampling.VideoSpec(cfg.num_frames, cfg.height, cfg.width)
     loc, mos = mosaic.preset("LR")
     st = gen._settings(cfg, cfg.n_d)
-    a = pl.sample_maestro(m, [pl.prepare_job(m, tokens, loc, mos, spec, 7)], st)
-    b = pl.sample_maestro(m, [pl.prepare_job(m, tokens, loc, mos, spec, 7)], st)
-    c = pl.sample_maestro(m, [pl.prepare_job(m, tokens, loc, mos, spec, 8)], st)
+    a = sampling.sample_maestro(m, [sampling.prepare_job(m, tokens, loc, mos, spec, 7)], st)
+    b = sampling.sample_maestro(m, [sampling.prepare_job(m, tokens, loc, mos, spec, 7)], st)
+    c = sampling.sample_maestro(m, [sampling.prepare_job(m, tokens, loc, mos, spec, 8)], st)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
     # the ablation modes differ from the full method (edits do something)
-    v = pl.sample_maestro(m, [pl.prepare_job(m, tokens, loc, mos, spec, 7)],
+    v = sampling.sample_maestro(m, [sampling.prepare_job(m, tokens, loc, mos, spec, 7)],
                           gen._settings(cfg, cfg.n_d, "vanilla"))  # fmt: skip
     assert np.abs(np.asarray(a) - np.asarray(v)).max() > 1e-4
 
 
 def test_batched_sharded_equals_one_by_one(cfg, audio_dir, cpu_mesh):
-    from maestro_jax import audio_encoder as ae
     from maestro_jax import mosaic
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import encoder as ae
     from maestro_jax.sharding import make_mesh
 
     m = gen.build_models(cfg)
-    spec = pl.VideoSpec(cfg.num_frames, cfg.height, cfg.width)
+    spec = sampling.VideoSpec(cfg.num_frames, cfg.height, cfg.width)
     st = gen._settings(cfg, cfg.n_d)
     names = ["dog", "cat", "violin", "piano", "drum", "guitar", "fire", "car"]
     jobs = []
@@ -168,18 +168,19 @@ def test_batched_sharded_equals_one_by_one(cfg, audio_dir, cpu_mesh):
             load_audio(audio_dir / f"{names[i - 1]}.wav"),
         ]
         loc, mos = mosaic.preset("LR" if i % 2 else "TD")
-        jobs.append(pl.prepare_job(m, ae.encode_stems(m.audio, stems), loc, mos, spec, i))
+        jobs.append(sampling.prepare_job(m, ae.encode_stems(m.audio, stems), loc, mos, spec, i))
     mesh = make_mesh((8, 1), ("data", "fsdp"))
-    batched = np.asarray(pl.sample_maestro(m, jobs, st, mesh=mesh))
+    batched = np.asarray(sampling.sample_maestro(m, jobs, st, mesh=mesh))
     for i in (0, 5):
-        one = np.asarray(pl.sample_maestro(m, [jobs[i]], st))[0]
+        one = np.asarray(sampling.sample_maestro(m, [jobs[i]], st))[0]
         assert np.linalg.norm(batched[i] - one) / np.linalg.norm(one) < 1e-5
 
 
 def test_mixture_job_separates_first(cfg, audio_dir, tmp_path):
-    from maestro_jax import pipeline as pl
 
-    mix, sr = pl.mixture_of([load_audio(audio_dir / "dog.wav"), load_audio(audio_dir / "cat.wav")])
+    mix, sr = sampling.mixture_of(
+        [load_audio(audio_dir / "dog.wav"), load_audio(audio_dir / "cat.wav")]
+    )
     import soundfile as sf
 
     sf.write(tmp_path / "mix.wav", mix.T, sr)

@@ -1,4 +1,4 @@
-"""data.cache_latents: the VAE latent side cache and its join in data.pipeline."""
+"""maestro_jax.data.latent_cache: the VAE latent side cache and its join in maestro_jax.data.pipeline."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data import cache_latents as CL
-from data.synthetic import write_synthetic_dataset
 from maestro_jax.checkpoints import save_params
+from maestro_jax.data import latent_cache as CL
+from maestro_jax.data.synthetic import write_synthetic_dataset
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.nn.random_init import random_like
 
@@ -48,7 +48,7 @@ def env(tmp_path_factory):
 def _reference(env, frames: np.ndarray) -> np.ndarray:
     """The trainer's in-step encoding (`frames_to_latents`: uint8 -> [-1, 1] -> encode_frames,
     posterior mean) of the same frames."""
-    from maestro_jax.training import frames_to_latents
+    from maestro_jax.training.cim import frames_to_latents
 
     models = types.SimpleNamespace(vae=vae_lib.VAEConfig.tiny())
     fn = jax.jit(lambda p, f: frames_to_latents(models, p, f, None))
@@ -68,7 +68,7 @@ def test_cache_layout_and_meta(env):
 
 
 def test_pipeline_latents_match_encode_frames(env):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     keys = ("frames", "latents", "clip_id", "mel")
     ds = make_dataset(
@@ -95,7 +95,7 @@ def test_pipeline_latents_match_encode_frames(env):
 
 
 def test_iterator_state_with_latents(env):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     def make():
         return make_dataset(
@@ -116,7 +116,7 @@ def test_iterator_state_with_latents(env):
 
 
 def test_other_vae_refused(env):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     with pytest.raises(CL.LatentCacheError, match="made with the VAE"):
         make_dataset(env["data"], "train", batch_size=2, seed=0, vae=env["other"])
@@ -134,14 +134,14 @@ def test_other_vae_refused(env):
 
 
 def test_resume_and_partial_cache(env, caplog):
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     parts = [CL.part_path(env["data"], "train", p) for p in range(3)]
     before = [p.stat().st_mtime_ns for p in parts]
     want = np.load(parts[1])
     os.unlink(parts[1])
     # A partial cache: 'auto' warns and falls back to frames, True refuses.
-    with caplog.at_level(logging.WARNING, logger="data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="maestro_jax.data.pipeline"):
         b = next(iter(make_dataset(env["data"], "train", batch_size=2, seed=0, vae=env["vae"])))
     assert "latents" not in b and "frames" in b
     assert "partial" in caplog.text and "1 of 3 parts missing" in caplog.text
@@ -159,7 +159,7 @@ def test_resume_and_partial_cache(env, caplog):
 def test_stale_cache_and_sample_mode(env, tmp_path):
     """A cache of other records is ignored ('auto') / refused (True); sample mode draws one
     posterior sample per record, independent of the batching; float16 storage."""
-    from data.pipeline import make_dataset
+    from maestro_jax.data.pipeline import make_dataset
 
     data = tmp_path / "d"
     write_synthetic_dataset(data, num_clips=3, resolution=RES, seed=5)
@@ -213,7 +213,7 @@ def test_stale_cache_and_sample_mode(env, tmp_path):
 
 
 def test_config_turns_cache_on():
-    from configs.cim import get_config
+    from maestro_jax.training.cim_config import get_config
 
     for v in ("vggsound", "release", "runlocal"):
         assert get_config(v).data.use_latent_cache is True
@@ -223,8 +223,8 @@ def test_config_turns_cache_on():
 def test_trainer_reads_the_cache(env, tmp_path):
     """The trainer's data stream takes `latents` from a complete cache of its own VAE (no
     frames decoded), and frames when the cache is switched off."""
-    from configs import cim as cim_configs
-    from maestro_jax import training
+    from maestro_jax.training import cim as training
+    from maestro_jax.training import cim_config as cim_configs
 
     cfg = cim_configs.get_config("runlocal")
     cfg.data.dir = str(env["data"])

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from maestro_jax import distributed
-from maestro_jax.jobs import Job, split_for_process
+from maestro_jax.generation.jobs import Job, split_for_process
 
 pytestmark = pytest.mark.multihost
 
@@ -122,8 +122,8 @@ def _wait(runs: list[_Run], deadline: float) -> None:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """The runlocal synthetic dataset (as `train` writes it into its workdir)."""
-    from configs.cim import get_config
-    from data.synthetic import write_synthetic_dataset
+    from maestro_jax.data.synthetic import write_synthetic_dataset
+    from maestro_jax.training.cim_config import get_config
 
     c = get_config("runlocal")
     data_dir = tmp_path_factory.mktemp("multihost_data")
@@ -278,7 +278,7 @@ def test_split_for_process_no_overlap_no_gaps(count):
 def test_block_split_assembles_the_global_batch(data_dir):
     """The trainer's data split: per-process batches of consecutive records, process p taking
     batch step * P + p, concatenate to the single-process global batch."""
-    from data.pipeline import make_map_dataset
+    from maestro_jax.data.pipeline import make_map_dataset
 
     data = data_dir
     kw = dict(seed=0, shuffle=True, num_epochs=None, keys=("clip_id",))

@@ -5,27 +5,30 @@ import jax
 import numpy as np
 import pytest
 
-from maestro_jax import audio_encoder as ae
 from maestro_jax import mosaic
-from maestro_jax import pipeline as pl
+from maestro_jax.audio import encoder as ae
 from maestro_jax.audio import load_audio
 from maestro_jax.diffusion import ddim_sample
+from maestro_jax.generation import models as gen_models
+from maestro_jax.generation import sampling
 
 
 @pytest.fixture(scope="module")
 def setup(audio_dir):
-    m = pl.init_random_models(0)
-    spec = pl.VideoSpec(4, 32, 32)
+    m = gen_models.init_random_models(0)
+    spec = sampling.VideoSpec(4, 32, 32)
     stems = [load_audio(audio_dir / "dog.wav"), load_audio(audio_dir / "cat.wav")]
     tokens = ae.encode_stems(m.audio, stems)
     loc, mos = mosaic.preset("LR")
-    job = pl.prepare_job(m, tokens, loc, mos, spec, seed=3)
+    job = sampling.prepare_job(m, tokens, loc, mos, spec, seed=3)
     return m, job
 
 
 def _reference(m, job, settings):
     """Two lax.scans split at a static N_D (ddim_sample's phase functions)."""
-    fns = tuple(pl._unet_fn(m, m.unet_params, settings.fps, e) for e in (job.locate, job.mosaic))
+    fns = tuple(
+        sampling._unet_fn(m, m.unet_params, settings.fps, e) for e in (job.locate, job.mosaic)
+    )
     return ddim_sample(
         fns, job.x_T, cond={"context": job.c_merge[None]}, uncond={"context": job.null_f[None]},
         steps=settings.steps, eta=settings.eta, guidance=settings.guidance,
@@ -36,8 +39,8 @@ def _reference(m, job, settings):
 @pytest.mark.parametrize("n_d", [0, 2, 4])
 def test_traced_switch_equals_static_two_scans(setup, n_d):
     m, job = setup
-    st = pl.SamplerSettings(steps=4, n_d=n_d, guidance=7.5)
-    ours = np.asarray(pl.sample_maestro(m, [job], st))[0]
+    st = sampling.SamplerSettings(steps=4, n_d=n_d, guidance=7.5)
+    ours = np.asarray(sampling.sample_maestro(m, [job], st))[0]
     ref = np.asarray(jax.jit(lambda: _reference(m, job, st))())
     assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-5
 
@@ -45,13 +48,15 @@ def test_traced_switch_equals_static_two_scans(setup, n_d):
 def test_nd_values_share_one_compile(setup):
     m, job = setup
     outs = []
-    pl.sample_maestro(m, [job], pl.SamplerSettings(steps=4, n_d=1, guidance=7.5))
-    size = pl._sample_maestro_batch._cache_size()
+    sampling.sample_maestro(m, [job], sampling.SamplerSettings(steps=4, n_d=1, guidance=7.5))
+    size = sampling._sample_maestro_batch._cache_size()
     for n_d in (0, 3, 4):
         outs.append(
             np.asarray(
-                pl.sample_maestro(m, [job], pl.SamplerSettings(steps=4, n_d=n_d, guidance=7.5))
+                sampling.sample_maestro(
+                    m, [job], sampling.SamplerSettings(steps=4, n_d=n_d, guidance=7.5)
+                )
             )
         )
-    assert pl._sample_maestro_batch._cache_size() == size
+    assert sampling._sample_maestro_batch._cache_size() == size
     assert np.abs(outs[0] - outs[1]).max() > 1e-5  # N_D changes the result

@@ -1,25 +1,22 @@
-"""Toy-world separator training (`maestro_jax.separator_training`, `configs/toy_separator.py`):
+"""Toy-world separator training (`maestro_jax.training.separator`, `configs/toy.py:separator`):
 smoke training, interruption + resume, export -> inference, bad configs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from maestro_jax import separator_training as st
+from maestro_jax.toy import config as toy_config
+from maestro_jax.training import separator as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(variant: str | None = "smoke"):
-    spec = importlib.util.spec_from_file_location("_toy_sep_cfg", ROOT / "configs/toy_separator.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return toy_config.separator_config(variant)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +73,8 @@ def test_resume_is_deterministic_per_step(trained):
 
 
 def test_export_loads_and_separates_by_label(trained):
-    from data import toyworld
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import separation
+    from maestro_jax.toy import world as toyworld
 
     sep = st.load_separator(trained["workdir"] / "export")
     assert sep.tokenizer is None and sep.config.sample_rate == toyworld.SR
@@ -85,7 +82,7 @@ def test_export_loads_and_separates_by_label(trained):
     job = toyworld.demo_job(0, 2)
     mix = np.asarray(job["mixture"], np.float32).reshape(-1)[: toyworld.SR]  # 1 s, mono
     labels = list(job["labels"])
-    out = pl.separate_mixture(sep, mix, labels)
+    out = separation.separate_mixture(sep, mix, labels)
     assert out.shape == (len(labels), mix.shape[0]) and np.isfinite(out).all()
     meta = json.loads((trained["workdir"] / "export" / "config.json").read_text())
     assert meta["train_config"]["task"] == "separator" and meta["labels"] == toyworld.labels()

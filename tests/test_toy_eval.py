@@ -1,6 +1,6 @@
-"""Toy-world placement evaluation (`maestro_jax.toy_eval`) and the toy N_D sweep CLI.
+"""Toy-world placement evaluation (`maestro_jax.toy.evaluate`) and the toy N_D sweep CLI.
 
-The weights are the toy world's (`configs/toy_generate.py`: `maestro_jax/assets/toy`, or
+The weights are the toy world's (`maestro_jax/toy/config.py`: `maestro_jax/assets/toy`, or
 $MAESTRO_TOY_ASSETS, e.g. the untrained smoke build). These tests check the plumbing with 4 DDIM
 steps and 3 jobs; accuracy thresholds on trained weights live elsewhere.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import toy as toy_cfg
-from data import toyworld as tw
-from maestro_jax import toy_eval as te
+from maestro_jax.toy import config as toy_cfg
+from maestro_jax.toy import evaluate as te
+from maestro_jax.toy import world as tw
 from maestro_jax.video import read_png
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
-"""The toy world's training stages (`maestro_jax.toy_training`, `configs/toy.py`) and the build
-orchestration (`maestro_jax.toy_world`), at a few steps on 16 x 16 frames."""
+"""The toy world's training stages (`maestro_jax.toy.stages`, `configs/toy.py`) and the build
+orchestration (`maestro_jax.toy.build`), at a few steps on 16 x 16 frames."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import toy
-from maestro_jax import toy_training as tt
 from maestro_jax.checkpoints import load_params
 from maestro_jax.models import vae as vae_lib
+from maestro_jax.toy import config as toy
+from maestro_jax.toy import stages as tt
 
 
 def _cfg(stage: str, root, **kw):
@@ -171,7 +171,7 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     boxes[0, 0], boxes[0, 1] = (0.05, 0.1, 0.45, 0.6), (0.5, 0.4, 0.95, 0.9)
     boxes[1, 0] = (0.2, 0.2, 0.7, 0.7)
     table = {c: rng.normal(size=(length, d)).astype(np.float32) for c in ["x", "y"]}
-    labels = __import__("data.toyworld", fromlist=["labels"]).labels()
+    labels = __import__("maestro_jax.toy.world", fromlist=["labels"]).labels()
     for lab in labels:
         table[lab] = rng.normal(size=(length, d)).astype(np.float32)
 

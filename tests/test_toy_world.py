@@ -16,8 +16,8 @@ import json
 
 import pytest
 
-from configs import toy_generate
-from maestro_jax import toy_eval
+from maestro_jax.toy import config as toy_generate
+from maestro_jax.toy import evaluate as toy_eval
 
 ASSETS = toy_generate.ASSETS
 N_PER_K = 6

@@ -1,11 +1,11 @@
-"""data.toyworld: the procedural miniature audio-visual world."""
+"""maestro_jax.toy.world: the procedural miniature audio-visual world."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from data import toyworld as tw
+from maestro_jax.toy import world as tw
 
 
 def _rng(seed=0):
@@ -240,7 +240,7 @@ def test_caption_format():
 
 
 def test_write_cim_dataset_readable(tmp_path):
-    from data.pipeline import dataset_info, load_manifest, make_dataset
+    from maestro_jax.data.pipeline import dataset_info, load_manifest, make_dataset
 
     counts = tw.write_cim_dataset(tmp_path, num_clips=6, seed=0, num_test=2, res=16)
     assert counts == {"train": 4, "test": 2}

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.cim import VARIANTS, get_config
 from maestro_jax import tb, training
 from maestro_jax.models.tokenizer import HashTokenizer
+from maestro_jax.training.cim_config import VARIANTS, get_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def _records(workdir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from data.synthetic import write_synthetic_dataset
+    from maestro_jax.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("train")
     c0 = get_config("runlocal")
@@ -179,7 +179,7 @@ def test_nan_stops_with_last_good_checkpoint(runs):
     assert runs["nan_ckpts"][-1] == 20  # nothing saved after the last good checkpoint
     assert [r["step"] for r in runs["after_nan"]] == list(range(1, 23))
     # the good state resumes: a plain restore of step 20 works and matches what was trained
-    from maestro_jax.train_checkpoints import TrainCheckpointer
+    from maestro_jax.training.checkpoints import TrainCheckpointer
 
     ck = TrainCheckpointer(runs["split_dir"] / "checkpoints", async_save=False)
     try:

@@ -3,7 +3,7 @@
 python -m maestro_jax.sweep --config=configs/sweeps/modes.py:runlocal
 """
 
-from configs.sweeps import sweep_config
+from maestro_jax.evaluation.sweep_config import sweep_config
 
 MODES = ("vanilla", "locate", "mosaic", "maestro")
 

@@ -5,7 +5,7 @@
   python -m maestro_jax.sweep --config=configs/sweeps/nq.py:runlocal   (random tiny CIMs, N_Q 1, 2, 4)
 """
 
-from configs.sweeps import sweep_config
+from maestro_jax.evaluation.sweep_config import sweep_config
 
 
 def get_config(arg=None):

@@ -1,9 +1,9 @@
 """Placement on the toy world: does each object appear in its own box? (issue 5)
 
-Every job is a random toy scene (`data/toyworld.py`): K distinct object classes, K random
+Every job is a random toy scene (`maestro_jax/toy/world.py`): K distinct object classes, K random
 non-overlapping boxes (`toyworld.random_boxes`) and each object's audio stem
 (`toyworld.object_sound`). Each job is generated in every mode of the paper's ablation
-(`maestro_jax.pipeline` modes):
+(`maestro_jax.generation.sampling` modes):
 
     vanilla   C_merge conditioning, no attention editing
     locate    Object Locating on every step
@@ -14,8 +14,8 @@ and scored by `toyworld.placement`: in every frame, is the class drawn in box k 
 class of stem k? Accuracy = the fraction of correct (box, frame) pairs, per mode, overall and
 split by the number of sources.
 
-    python -m maestro_jax.toy_eval --jobs-per-k 50 --out results/toy_placement
-    python -m maestro_jax.toy_eval --config=configs/toy.py:generate --config.steps=10 \
+    python -m maestro_jax.toy.evaluate --jobs-per-k 50 --out results/toy_placement
+    python -m maestro_jax.toy.evaluate --config=configs/toy.py:generate --config.steps=10 \
         --assets /tmp/toy_assets --modes vanilla,maestro --jobs-per-k 4
 
 writes OUT/placement.json (every number, per job too), OUT/placement.md (mode | 2 sources |
@@ -25,9 +25,9 @@ Everything runs in one process: the models are built once, each job's stems are 
 edits rasterised once (shared by all modes), and jobs are sampled `batch` at a time in one
 vmapped call (the last batch is padded, so every batch of a source count reuses one compiled
 sampler). 'locate' and 'mosaic' run through the 'maestro' sampler with N_D = steps and N_D = 0
-(N_D is traced, `pipeline.sample_maestro`): the same steps as those modes, and one compile
+(N_D is traced, `sampling.sample_maestro`): the same steps as those modes, and one compile
 instead of three. The weights: `--assets` or the config's `assets`
-(`configs/toy_generate.py`: `maestro_jax/assets/toy`, or `$MAESTRO_TOY_ASSETS`).
+(`maestro_jax/toy/config.py`: `maestro_jax/assets/toy`, or `$MAESTRO_TOY_ASSETS`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from data import toyworld as tw
+from maestro_jax.toy import world as tw
 
 MODES = ("vanilla", "locate", "mosaic", "maestro")
 TRUTH_FILE = "toyworld.json"  # next to a folder of toy stems: their true classes
@@ -113,7 +113,7 @@ def check_assets(cfg) -> None:
         where = cfg.get("assets") or cfg.get("checkpoint")
         raise ToyEvalError(
             f"toy-world weights not found in {where} (missing {'; '.join(missing)}): run "
-            "`make toy-world` (python -m maestro_jax.toy_world) to build them, or point "
+            "`make toy-world` (python -m maestro_jax.toy.build) to build them, or point "
             "--assets / --config.assets / $MAESTRO_TOY_ASSETS at a built copy"
         )
 
@@ -168,10 +168,10 @@ def evaluate_placement(
     compile of each sampler shape; '_warm' excludes the first call of each compiled shape."""
     from tqdm import tqdm
 
-    from maestro_jax import audio_encoder as ae
-    from maestro_jax import generation as gen
     from maestro_jax import mosaic
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import encoder as ae
+    from maestro_jax.generation import runner as gen
+    from maestro_jax.generation import sampling
 
     modes = tuple(modes)
     _check(cfg, jobs, modes, batch)
@@ -201,7 +201,7 @@ def evaluate_placement(
         tokens = ae.encode_stems(
             models.audio, [(s[None], tw.SR) for s in j.stems], cfg.clip_window, cfg.clip_rule
         )
-        prepared[j.name] = pl.prepare_job(models, tokens, boxes, boxes, spec, j.seed, options)
+        prepared[j.name] = sampling.prepare_job(models, tokens, boxes, boxes, spec, j.seed, options)
     t_prepare = time.perf_counter() - t0
 
     groups: dict[int, list[ToyJob]] = {}
@@ -225,8 +225,8 @@ def evaluate_placement(
                 preps = [prepared[j.name] for j in chunk]
                 preps += [preps[-1]] * (b - len(preps))  # pad: one compiled shape per (k, b)
                 t1 = time.perf_counter()
-                lat = pl.sample_maestro(models, preps, settings)
-                frames = pl.decode(models, lat, cfg.frame_chunk)[: len(chunk)]
+                lat = sampling.sample_maestro(models, preps, settings)
+                frames = sampling.decode(models, lat, cfg.frame_chunk)[: len(chunk)]
                 dt = time.perf_counter() - t1
                 shape = (kind, k, b)
                 timing[mode]["seconds"] += dt
@@ -376,7 +376,7 @@ def examples_image(result: dict, scale: int = 4) -> np.ndarray:
 
 def write_results(result: dict, outdir: str | Path) -> dict[str, Path]:
     """OUT/placement.json, OUT/placement.md and OUT/examples.png, each written atomically."""
-    from maestro_jax.jobs import write_json
+    from maestro_jax.generation.jobs import write_json
     from maestro_jax.video import atomic_path, write_png
 
     out = Path(outdir)
@@ -396,7 +396,7 @@ def write_sweep_jobs(jobs: Sequence[ToyJob], folder: str | Path) -> list:
     true classes, read by `read_truth`), and return generate's `Job`s (stems + boxes + seed).
     Deterministic: existing stems are kept, so a rerun changes no file."""
     from maestro_jax.audio import write_wav
-    from maestro_jax.jobs import Job, write_json
+    from maestro_jax.generation.jobs import Job, write_json
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,7 @@ def read_truth(stems: Sequence[str | Path]) -> list[int] | None:
 def main(argv: Sequence[str]) -> int:
     from absl import app, logging
 
-    from maestro_jax.generation import enable_compilation_cache
+    from maestro_jax.generation.runner import enable_compilation_cache
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -741,8 +741,8 @@ def write_cim_dataset(
     gives 8 frames for 2 segments, 'default' gives 2). The last num_test clips go to split
     'test'. Returns {split: n}.
     """
-    from data.prepare import PrepOptions
-    from data.synthetic import write_clip_dataset
+    from maestro_jax.data.prepare import PrepOptions
+    from maestro_jax.data.synthetic import write_clip_dataset
 
     if int(num_clips) != num_clips or num_clips < 1 or not 0 <= num_test <= num_clips:
         raise ValueError(
@@ -783,7 +783,7 @@ def write_cim_dataset(
         "toyworld",
         seed,
         clips(),
-        "ToyWorld single-object clips (data.toyworld)",
+        "ToyWorld single-object clips (maestro_jax.toy.world)",
     )
 
 

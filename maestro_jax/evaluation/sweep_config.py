@@ -1,6 +1,6 @@
 """Sweep configs (`python -m maestro_jax.sweep --config=configs/sweeps/<name>.py[:runlocal]`).
 
-Each config embeds a generation config (`maestro_jax.gen_config.generation_config`) and an
+Each config embeds a generation config (`maestro_jax.generation.config.generation_config`) and an
 evaluation config (`configs/evaluate.py`), the swept parameter and its values, and the jobs:
 `stems` ('a.wav+b.wav:LR; c.wav+d.wav:TD', files in `audio_dir`) or `jobs_file` (generate's JSONL
 jobs, e.g. a test set). See `maestro_jax/sweep.py` for the commands that reproduce Fig. 7 and
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ml_collections
 
-from configs.evaluate import evaluation_config
-from maestro_jax.gen_config import generation_config
+from maestro_jax.evaluation.config import evaluation_config
+from maestro_jax.generation.config import generation_config
 
 # The project's real test recordings: shared/audio inside the repository or next to it.
 _REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def sweep_config(
     c.jobs_file = ""  # JSONL jobs (maestro_jax.generate's format); overrides `stems`
     c.max_jobs = 1 if variant == "runlocal" else 0  # 0 = all jobs
     # Toy world (configs/toy.py:sweep_nd): `toy_jobs` random scenes per source count in
-    # `toy_sources` (maestro_jax.toy_eval.make_jobs), their stems and true classes written to
+    # `toy_sources` (maestro_jax.toy.evaluate.make_jobs), their stems and true classes written to
     # OUTDIR/toy_jobs/; overrides `stems` / `jobs_file`. 0 = off.
     c.toy_jobs = 0
     c.toy_sources = (2, 3)

@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from maestro_jax.jobs import Job, JobError, check_job_files, is_done, output_paths, write_json
+from maestro_jax.audio import separation
+from maestro_jax.generation import models as gen_models
+from maestro_jax.generation import sampling
+from maestro_jax.generation.jobs import (
+    Job,
+    JobError,
+    check_job_files,
+    is_done,
+    output_paths,
+    write_json,
+)
 
 
 class InputError(ValueError):
@@ -135,11 +145,11 @@ def build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool = 
 def _build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool = False):
     import jax.numpy as jnp
 
-    from maestro_jax import audio_encoder as ae
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import encoder as ae
+    from maestro_jax.audio import separation
 
     if cfg.model == "tiny":
-        m = pl.init_random_models(
+        m = gen_models.init_random_models(
             cfg.seed, cfg.dtype, num_queries=cfg.num_queries, bpe_path=cfg.bpe_path or None,
             separator=need_separator,
         )  # fmt: skip
@@ -151,7 +161,7 @@ def _build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool =
             "set --config.checkpoint to a converted VideoCrafter2 folder "
             "(python -m convert.videocrafter model.ckpt DIR), or use a :runlocal config"
         )
-    m = pl.load_models(
+    m = gen_models.load_models(
         cfg.checkpoint, dtype=cfg.dtype, attn_impl=cfg.attn_impl, bpe_path=cfg.bpe_path or None,
         imagebind_checkpoint=cfg.imagebind_checkpoint or None,
         cim_checkpoint=(cim_checkpoint or cfg.cim_checkpoint) or None,
@@ -159,7 +169,7 @@ def _build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool =
     if need_separator:
         if not cfg.separator_checkpoint:
             raise InputError("mixture jobs need --config.separator_checkpoint (convert.audiosep)")
-        sep = pl.load_separator(cfg.separator_checkpoint, cfg.clap_tokenizer_dir or None)
+        sep = separation.load_separator(cfg.separator_checkpoint, cfg.clap_tokenizer_dir or None)
         m = dataclasses.replace(m, separator=sep)
     del ae, jnp
     return m
@@ -168,7 +178,7 @@ def _build_models(cfg, cim_checkpoint: str | None = None, need_separator: bool =
 def _with_cim(enc, cim_dir, dtype):
     import jax.numpy as jnp
 
-    from maestro_jax import audio_encoder as ae
+    from maestro_jax.audio import encoder as ae
     from maestro_jax.checkpoints import load_params
 
     params, meta = load_params(cim_dir)
@@ -178,34 +188,29 @@ def _with_cim(enc, cim_dir, dtype):
 
 # ----------------------------------------------------------------------------- running
 def _settings(cfg, n_d: int, mode: str | None = None):
-    from maestro_jax import pipeline as pl
-
-    return pl.SamplerSettings(
+    return sampling.SamplerSettings(
         steps=cfg.steps, eta=float(cfg.eta), guidance=float(cfg.guidance), fps=int(cfg.fps),
         n_d=int(n_d), mode=mode or cfg.mode,
     )  # fmt: skip
 
 
 def _spec(cfg):
-    from maestro_jax import pipeline as pl
 
-    return pl.VideoSpec(int(cfg.num_frames), int(cfg.height), int(cfg.width))
+    return sampling.VideoSpec(int(cfg.num_frames), int(cfg.height), int(cfg.width))
 
 
 def _options(cfg):
-    from maestro_jax import pipeline as pl
 
-    return pl.MosaicOptions(**dict(cfg.mosaic))
+    return sampling.MosaicOptions(**dict(cfg.mosaic))
 
 
 def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.ndarray, int]]:
     """(stems [(wave, sr)], mixture (wave, sr)) of a plan; runs separation for mixture jobs and
     keeps the separated stems next to the video."""
     from maestro_jax import audio as audio_lib
-    from maestro_jax import pipeline as pl
 
     if plan.kind == "stems":
-        return plan.stems, pl.mixture_of(plan.stems)
+        return plan.stems, sampling.mixture_of(plan.stems)
     wave, sr = plan.mixture
     sep = models.separator
     ssr = sep.config.sample_rate
@@ -214,7 +219,7 @@ def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.nd
     if plan.job.query_embeddings:
         with np.load(plan.job.query_embeddings) as z:
             qemb = np.asarray(z["embeddings"] if "embeddings" in z.files else z[z.files[0]])
-    stems = pl.separate_mixture(sep, mono, plan.job.queries, qemb)
+    stems = separation.separate_mixture(sep, mono, plan.job.queries, qemb)
     stem_dir = output_paths(outdir, plan.job.name)["stems"]
     stem_dir.mkdir(parents=True, exist_ok=True)
     names = plan.job.queries or [f"source{i}" for i in range(len(stems))]
@@ -225,15 +230,16 @@ def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.nd
 
 
 def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, extra: dict) -> dict:
-    from maestro_jax import pipeline as pl
     from maestro_jax.video import contact_sheet, write_png, write_video
 
     spec = _spec(cfg)
     paths = output_paths(outdir, plan.job.name)
-    fps = pl.video_fps(spec, cfg.clip_window, cfg.save_fps)
+    fps = sampling.video_fps(spec, cfg.clip_window, cfg.save_fps)
     audio, sr = mixture if mixture is not None else (None, None)
     write_video(paths["video"], frames, fps, audio, sr)
-    boxes = pl.describe_boxes(plan.locate_boxes, spec.num_frames) if plan.locate_boxes else None
+    boxes = (
+        sampling.describe_boxes(plan.locate_boxes, spec.num_frames) if plan.locate_boxes else None
+    )
     write_png(paths["sheet"], contact_sheet(frames, boxes))
     settings = {
         "job": plan.job.to_json(),
@@ -249,7 +255,9 @@ def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, ex
         },  # fmt: skip
         "boxes_per_frame": boxes,
         "mosaic_boxes_per_frame": (
-            pl.describe_boxes(plan.mosaic_boxes, spec.num_frames) if plan.mosaic_boxes else None
+            sampling.describe_boxes(plan.mosaic_boxes, spec.num_frames)
+            if plan.mosaic_boxes
+            else None
         ),
         "config": json.loads(cfg.to_json_best_effort()),
         "warnings": plan.warnings,
@@ -264,10 +272,9 @@ def attention_resolutions(cfg) -> tuple[tuple[int, int], ...]:
     alone (the checkpoint folder's config.json files; no weights are read), so box checks run
     before anything is loaded or compiled."""
     from maestro_jax import mosaic
-    from maestro_jax import pipeline as pl
 
     if cfg.model == "tiny":
-        unet, vae, _ = pl.tiny_configs(cfg.dtype)
+        unet, vae, _ = gen_models.tiny_configs(cfg.dtype)
         ds, levels = vae.downsample_factor, len(unet.channel_mult)
     else:
         ds, levels = 8, 4  # VideoCrafter2
@@ -288,9 +295,8 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
     import jax
     from tqdm import tqdm
 
-    from maestro_jax import audio_encoder as ae
-    from maestro_jax import pipeline as pl
-    from maestro_jax.jobs import split_for_process
+    from maestro_jax.audio import encoder as ae
+    from maestro_jax.generation.jobs import split_for_process
     from maestro_jax.sharding import make_mesh
 
     if jax.process_count() > 1:
@@ -337,8 +343,10 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
         for p in [p for p in group if p.kind == "t2v"]:
             t0 = time.perf_counter()
             try:
-                lat = pl.sample_t2v(models, p.job.prompt, spec, _settings(cfg, p.n_d), p.job.seed)
-                frames = pl.decode(models, lat, cfg.frame_chunk)[0]
+                lat = sampling.sample_t2v(
+                    models, p.job.prompt, spec, _settings(cfg, p.n_d), p.job.seed
+                )
+                frames = sampling.decode(models, lat, cfg.frame_chunk)[0]
                 write_outputs(p, frames, None, outdir, cfg, {"random_weights": models.random})
             except Exception as e:  # noqa: BLE001 - a failing job is reported, not fatal
                 if strict:
@@ -364,7 +372,7 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
                             models.audio, stems, cfg.clip_window, cfg.clip_rule
                         )
                         prepared.append(
-                            pl.prepare_job(
+                            sampling.prepare_job(
                                 models,
                                 tokens,
                                 p.locate_boxes,
@@ -386,8 +394,8 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool) -> int:
                     continue
                 # jobs split over the first len(prepared) devices: no padding work
                 sub = _job_mesh(len(prepared)) if mesh is not None else None
-                lat = pl.sample_maestro(models, prepared, settings, mesh=sub)
-                frames = pl.decode(models, lat, cfg.frame_chunk)
+                lat = sampling.sample_maestro(models, prepared, settings, mesh=sub)
+                frames = sampling.decode(models, lat, cfg.frame_chunk)
                 dt = (time.perf_counter() - t0) / len(prepared)
                 for p, fr, mix in zip(ok, frames, mixes):
                     write_outputs(p, fr, mix, outdir, cfg, {

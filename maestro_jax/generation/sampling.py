@@ -1,15 +1,11 @@
-"""Maestro end to end, as composable stages (DESIGN.md "Data flow").
+"""Sampling a Maestro video (paper Sec. 3.3), as composable stages:
 
-    stems (or mixture + queries --separate-->) ──encode_audio──▶ tokens [N_A, S, N_Q, D]
-    null text embedding + tokens ──contexts──▶ C_merge [F, 77, D], C_sep [N_A, F, 77, D]
+    null text embedding + audio tokens ──contexts──▶ C_merge [F, 77, D], C_sep [N_A, F, 77, D]
     boxes ──make_phase_edits──▶ (locate edit, mosaic edit)   (rasterised once, before sampling)
     noise ──sample: N_D locate steps, then mosaic steps (UNet + CFG, one jit)──▶ latents
-    latents ──decode──▶ frames [F, H, W, 3] ──write──▶ .mp4 (mixture muxed) + .png + .json
+    latents ──decode──▶ frames [F, H, W, 3]
 
-Each stage is a function usable alone. `Models` holds every network's config and params (real
-weights converted by `convert.*`, or tiny random ones for CPU runs).
-
-Modes of the conditional branch (the paper's ablations, maestro.md):
+Modes of the conditional branch (the paper's ablations):
 - 'maestro'   N_D Object Locating steps on C_merge, then Mosaic Denoising (the method);
 - 'vanilla'   C_merge with no attention editing;
 - 'locate'    Object Locating on every step;
@@ -22,161 +18,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maestro_jax import audio_encoder as ae
 from maestro_jax import mosaic
-from maestro_jax.checkpoints import load_params
-from maestro_jax.diffusion import Schedule, ddim_sample, ddim_timesteps
-from maestro_jax.models import clip_text as ct
-from maestro_jax.models.tokenizer import HashTokenizer
-from maestro_jax.models.unet import UNet, UNetConfig
-from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
-from maestro_jax.nn.random_init import random_init, random_like
+from maestro_jax.audio import encoder as ae
+from maestro_jax.diffusion import ddim_sample, ddim_timesteps
+from maestro_jax.generation.models import Models, null_context, text_context
+from maestro_jax.models.unet import UNet
+from maestro_jax.models.vae import AutoencoderKL, decode_latents
 
 MODES = ("maestro", "vanilla", "locate", "mosaic")
-
-
-# ----------------------------------------------------------------------------- models
-@dataclasses.dataclass(frozen=True, eq=False)
-class Models:
-    """Every network Maestro runs. `audio` and `separator` may be None (text-to-video only,
-    or stems given directly)."""
-
-    unet_config: UNetConfig
-    unet_params: Any
-    vae_config: VAEConfig
-    vae_params: Any
-    text_config: ct.ClipTextConfig
-    text_params: Any
-    tokenizer: Callable[[Any], np.ndarray]
-    schedule: Schedule
-    audio: ae.AudioEncoder | None = None
-    separator: Any = None  # maestro_jax.separate.Separator
-    random: bool = False  # tiny random weights (say so in every output)
-    trained_frames: int | None = None  # the frame count the video UNet was trained with
-
-    @property
-    def context_width(self) -> int:
-        return self.unet_config.context_dim
-
-
-def tiny_configs(dtype: str = "float32") -> tuple[UNetConfig, VAEConfig, ct.ClipTextConfig]:
-    """Mutually consistent tiny configs: context width 64 everywhere."""
-    unet = UNetConfig.tiny(temporal=True, context_dim=64, dtype=dtype)
-    vae = VAEConfig.tiny(dtype=jnp.dtype(dtype))
-    text = ct.tiny(embed_dim=None, dtype=dtype)
-    return unet, vae, text
-
-
-def _tokenizer(bpe_path: str | None, allow_hash: bool) -> Callable[[Any], np.ndarray]:
-    from maestro_jax.models.tokenizer import get_tokenizer
-
-    try:
-        return get_tokenizer(bpe_path or None)
-    except FileNotFoundError:
-        if not allow_hash:
-            raise
-        return HashTokenizer()
-
-
-def init_random_models(
-    seed: int = 0,
-    dtype: str = "float32",
-    *,
-    with_audio: bool = True,
-    num_queries: int = 4,
-    bpe_path: str | None = None,
-    separator: bool = False,
-) -> Models:
-    """Tiny random weights for every stage (tests, `:runlocal` configs, CPU demos)."""
-    unet_cfg, vae_cfg, text_cfg = tiny_configs(dtype)
-    x = jnp.zeros((1, 2, 8, 8, 4), jnp.float32)
-    ctx = jnp.zeros((1, 77, unet_cfg.context_dim), jnp.float32)
-    unet_params = random_init(UNet(unet_cfg), x, jnp.zeros((1,)), ctx, jnp.ones((1,)), seed=seed)
-    vae_params = random_init(AutoencoderKL(vae_cfg), jnp.zeros((1, 8, 8, 3)), seed=seed + 1)
-    text_params = random_like(ct.abstract_params(text_cfg), seed + 2)
-    audio = None
-    if with_audio:
-        audio = ae.init_random(
-            ae.tiny_imagebind(jnp.dtype(dtype)),
-            ae.tiny_cim(unet_cfg.context_dim, num_queries, jnp.dtype(dtype)),
-            seed + 3,
-        )
-    sep = init_random_separator(seed + 4) if separator else None
-    return Models(
-        unet_cfg,
-        unet_params["params"],
-        vae_cfg,
-        vae_params["params"],
-        text_cfg,
-        text_params,
-        _tokenizer(bpe_path, allow_hash=True),
-        Schedule.vc2(),
-        audio,
-        sep,
-        random=True,
-    )
-
-
-def load_models(
-    checkpoint: str | Path,
-    *,
-    dtype: str = "bfloat16",
-    attn_impl: str = "xla",
-    bpe_path: str | None = None,
-    imagebind_checkpoint: str | Path | None = None,
-    cim_checkpoint: str | Path | None = None,
-) -> Models:
-    """Converted VideoCrafter2 weights (`python -m convert.videocrafter model.ckpt DIR`: DIR/unet,
-    DIR/vae, DIR/text), plus ImageBind and CIM folders when audio conditioning is wanted."""
-    root = Path(checkpoint)
-    for sub in ("unet", "vae", "text"):
-        if not (root / sub / "params").exists():
-            raise FileNotFoundError(
-                f"{root}/{sub} is missing: convert VideoCrafter2 first with "
-                f"`python -m convert.videocrafter model.ckpt {root}`"
-            )
-    unet_params, unet_meta = load_params(root / "unet")
-    unet_cfg = UNetConfig(**{**unet_meta["unet"], "dtype": dtype, "attn_impl": attn_impl})
-    vae_params, vae_meta = load_params(root / "vae")
-    vd = {k: v for k, v in vae_meta["vae"].items() if k != "dtype"}
-    vae_cfg = VAEConfig(**{**vd, "ch_mult": tuple(vd["ch_mult"]),
-                           "attn_resolutions": tuple(vd["attn_resolutions"]),
-                           "dtype": jnp.dtype(dtype)})  # fmt: skip
-    text_params, text_meta = load_params(root / "text")
-    text_cfg = dataclasses.replace(ct.ClipTextConfig.from_dict(text_meta), dtype=dtype)
-    # the toy world's frozen random text encoder was made with the hash tokenizer (no BPE file)
-    if text_meta.get("tokenizer") == "hash":
-        tokenizer = HashTokenizer()
-    else:
-        tokenizer = _tokenizer(bpe_path, allow_hash=False)
-    audio = None
-    if imagebind_checkpoint and cim_checkpoint:
-        audio = ae.load(imagebind_checkpoint, cim_checkpoint, jnp.dtype(dtype))
-    elif imagebind_checkpoint or cim_checkpoint:
-        raise ValueError("audio conditioning needs both imagebind_checkpoint and cim_checkpoint")
-    return Models(
-        unet_cfg, unet_params, vae_cfg, vae_params, text_cfg, text_params,
-        tokenizer, Schedule.vc2(), audio,
-        trained_frames=unet_meta.get("trained_frames"),
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- text
-def text_context(models: Models, prompts: str | Sequence[str]) -> jax.Array:
-    """Prompts -> [N, 77, D] (penultimate layer, as VideoCrafter2)."""
-    return ct.encode_text(models.text_params, models.text_config, models.tokenizer, prompts)
-
-
-def null_context(models: Models) -> jax.Array:
-    """The empty prompt's embedding [77, D]: the null / unconditional context."""
-    return ct.null_embedding(models.text_params, models.text_config, models.tokenizer)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -484,61 +339,3 @@ def describe_boxes(boxes: Sequence[Any], num_frames: int) -> list[list[list[floa
 def latent_shape(models: Models, spec: VideoSpec) -> tuple[int, ...]:
     h, w = spec.latent_hw(models)
     return (spec.num_frames, h, w, models.unet_config.in_channels)
-
-
-# ----------------------------------------------------------------------------- separation
-@dataclasses.dataclass(frozen=True, eq=False)
-class Separator:
-    """AudioSep separator + CLAP text query encoder (`maestro_jax.separate`)."""
-
-    config: Any  # configs/separate.py ConfigDict
-    sep_variables: Any
-    text_variables: Any
-    tokenizer: Any = None  # ClapTokenizer; None = byte fallback (random weights only)
-
-
-def init_random_separator(seed: int = 0) -> Separator:
-    from maestro_jax import separate as sep_lib
-
-    cfg = sep_lib.load_config(f"{sep_lib.DEFAULT_CONFIG}:runlocal")
-    sep_vars, text_vars = sep_lib.random_variables(cfg, seed)
-    return Separator(cfg, sep_vars, text_vars, None)
-
-
-def load_separator(checkpoint: str | Path, tokenizer_dir: str | Path | None) -> Separator:
-    from maestro_jax import separate as sep_lib
-    from maestro_jax.models.clap_text import ClapTokenizer
-
-    tree, meta = load_params(checkpoint)
-    # separator_training exports carry their whole separate config (rate, widths, text encoder)
-    if "separate_config" in meta:
-        import ml_collections
-
-        cfg = ml_collections.ConfigDict(meta["separate_config"])
-    else:
-        cfg = sep_lib.load_config(None)
-    tok = ClapTokenizer.from_dir(tokenizer_dir) if tokenizer_dir else None
-    return Separator(cfg, tree["separator"], tree.get("text"), tok)
-
-
-def separate_mixture(
-    sep: Separator,
-    mixture: np.ndarray,
-    queries: Sequence[str] = (),
-    query_embeddings: np.ndarray | None = None,
-) -> np.ndarray:
-    """mono mixture [N] at `sep.config.sample_rate` -> stems [Q, N] (all queries in one pass)."""
-    from maestro_jax import separate as sep_lib
-    from maestro_jax.models.clap_text import byte_fallback_tokens
-
-    if query_embeddings is None:
-        if not queries:
-            raise ValueError("separation needs text queries or query embeddings")
-        if sep.text_variables is None:
-            raise ValueError("this separator checkpoint holds no text encoder: give embeddings")
-        if sep.tokenizer is not None:
-            ids, mask = sep.tokenizer(list(queries), sep.config.max_text_tokens)
-        else:
-            ids, mask = byte_fallback_tokens(list(queries), sep.config.text.vocab_size)
-        query_embeddings = sep_lib.embed_texts(sep.text_variables, sep.config, ids, mask)
-    return sep_lib.separate(sep.sep_variables, sep.config, mixture, query_embeddings)

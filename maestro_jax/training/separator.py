@@ -1,9 +1,9 @@
 """Train the text-queried separator (AudioSep ResUNet30 + FiLM) on the toy world, on CPU.
 
-    python -m maestro_jax.train --config=configs/toy_separator.py --workdir=/tmp/toy_sep
+    python -m maestro_jax.train --config=configs/toy.py:separator --workdir=/tmp/toy_sep
     (dispatch on `config.task == "separator"`; library entry point: `train(config, workdir)`)
 
-Data: `data.toyworld.separation_batch(rng, batch, seconds, sr, max_sources)` gives (mixture
+Data: `maestro_jax.toy.world.separation_batch(rng, batch, seconds, sr, max_sources)` gives (mixture
 [B, N], target [B, N], query labels [B]); the target is one object's stem in the mixture and
 the query is that object's label. The toy audio is generated directly at `config.sample_rate`
 (the separator's STFT is n_fft 2048 / hop 320 in samples whatever the rate: nothing in
@@ -11,7 +11,7 @@ ResUNet30 depends on 32 kHz, so 16 kHz halves the frames and the compute).
 
 Queries: every label goes through a FROZEN, randomly initialised tiny CLAP text encoder
 (`config.text`), tokenised by `clap_text.byte_fallback_tokens` (UTF-8 bytes folded into
-[3, vocab_size), wrapped in <s> ... </s>): that is exactly what `pipeline.separate_mixture` does
+[3, vocab_size), wrapped in <s> ... </s>): that is exactly what `separation.separate_mixture` does
 when a `Separator` has no tokenizer, so the exported folder separates by label without any
 tokenizer file. The label embeddings [L, joint] are computed once; the train step only indexes
 them.
@@ -32,7 +32,7 @@ Workdir layout:
     export/             the inference folder: {'separator': {'params', 'batch_stats'},
                         'text': {'params'}} + config.json whose `separate_config` is a complete
                         `configs/separate.py` config (sample rate, widths, tiny text encoder)
-                        -> `load_separator(export)` -> `pipeline.separate_mixture`
+                        -> `load_separator(export)` -> `separation.separate_mixture`
     label_embeddings.npz  `embeddings` [L, joint] + `labels` (for `separate --query-embeddings`)
 """
 
@@ -57,7 +57,7 @@ import numpy as np
 from maestro_jax.checkpoints import load_params, save_params
 from maestro_jax.models.clap_text import ClapTextConfig, byte_fallback_tokens
 from maestro_jax.models.stft import N_FFT
-from maestro_jax.train_checkpoints import truncate_jsonl
+from maestro_jax.training.checkpoints import truncate_jsonl
 
 CKPT_PATTERN = re.compile(r"^step_(\d{8})$")
 BN0_VAR_FLOOR = 0.01  # BatchNorm calibration: variance floor relative to the mean over channels
@@ -162,7 +162,7 @@ def separate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 # ----------------------------------------------------------------------------- pieces
 def label_embeddings(text_variables: Any, sep_cfg: ml_collections.ConfigDict, labels: list[str]):
     """[L, joint] unit-norm embeddings of `labels` through the (frozen) text encoder, tokenised
-    exactly as `pipeline.separate_mixture` does without a tokenizer."""
+    exactly as `separation.separate_mixture` does without a tokenizer."""
     from maestro_jax import separate as sep_lib
 
     ids, mask = byte_fallback_tokens(list(labels), sep_cfg.text.vocab_size)
@@ -544,7 +544,7 @@ def export_separator(
     sep_cfg = separate_config(config)
     meta = {
         "model": "audiosep",
-        "source": "maestro_jax.separator_training (toy world)",
+        "source": "maestro_jax.training.separator (toy world)",
         "separator": {
             "channels": list(sep_cfg.separator.channels),
             "sample_rate": sep_cfg.sample_rate,
@@ -563,14 +563,14 @@ def export_separator(
 
 
 def load_separator(export_dir: str | os.PathLike):
-    """`workdir/export` -> `pipeline.Separator` (no tokenizer: byte fallback, as trained).
+    """`workdir/export` -> `separation.Separator` (no tokenizer: byte fallback, as trained).
 
-    Equivalent to `pipeline.load_separator` once that reads `separate_config` from config.json.
+    Equivalent to `separation.load_separator` once that reads `separate_config` from config.json.
     """
-    from maestro_jax import pipeline as pl
+    from maestro_jax.audio import separation
 
     tree, meta = load_params(export_dir)
     if "separate_config" not in meta:
         raise ValueError(f"{export_dir}/config.json holds no separate_config (not an export?)")
     cfg = ml_collections.ConfigDict(meta["separate_config"])
-    return pl.Separator(cfg, tree["separator"], tree.get("text"), None)
+    return separation.Separator(cfg, tree["separator"], tree.get("text"), None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import (
+from maestro_jax.data.prepare import (
     SAMPLE_RATE,
     PartWriter,
     PrepOptions,

@@ -54,7 +54,7 @@ from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.nn.random_init import random_like
 from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings
-from maestro_jax.train_checkpoints import truncate_jsonl
+from maestro_jax.training.checkpoints import truncate_jsonl
 
 log = logging.getLogger("maestro_jax.train")
 
@@ -711,14 +711,14 @@ def _open_data(
     batch is the one a single process with all the devices would see (same losses). A mesh
     whose processes do not hold aligned blocks falls back to the pipeline's round-robin split
     (disjoint too, but the rows are ordered differently)."""
-    from data import pipeline  # noqa: PLC0415  (repo-level package; run from a checkout)
-    from data.prepare import load_classes  # noqa: PLC0415
+    from maestro_jax.data import pipeline  # noqa: PLC0415  (repo-level package; run from a checkout)
+    from maestro_jax.data.prepare import load_classes  # noqa: PLC0415
 
     data_dir = config.data.dir
     if not data_dir:
         if not config.data.synthetic:
             raise ValueError(
-                "data.dir is empty: give the prepared dataset folder (python -m data.prepare ...) "
+                "data.dir is empty: give the prepared dataset folder (python -m maestro_jax.data.prepare ...) "
                 "or set data.synthetic=True for a smoke run"
             )
         data_dir = workdir / "synthetic_data"
@@ -787,14 +787,14 @@ def _compile_together(fn: Any, name: str, *args: Any) -> Any:
 
 
 def _ensure_synthetic(config: Any, data_dir: Path) -> None:
-    from data import synthetic  # noqa: PLC0415
+    from maestro_jax.data import synthetic  # noqa: PLC0415
 
     done = data_dir / ".complete"
     kind = config.data.get("synthetic_kind", "synthetic")
     if kind not in ("synthetic", "toyworld"):
         raise ValueError(f"data.synthetic_kind must be 'synthetic' or 'toyworld', got {kind!r}")
     if kind == "toyworld" and jax.process_index() == 0 and not done.exists():
-        from data import toyworld  # noqa: PLC0415
+        from maestro_jax.toy import world as toyworld  # noqa: PLC0415
 
         toyworld.write_cim_dataset(
             data_dir,
@@ -823,7 +823,7 @@ def _ensure_synthetic(config: Any, data_dir: Path) -> None:
 
 def _heldout_mel(config: Any, data_dir: Path) -> np.ndarray | None:
     """The first `sample.num_clips` clips of `sample.split` (or the training split): mel."""
-    from data import pipeline  # noqa: PLC0415
+    from maestro_jax.data import pipeline  # noqa: PLC0415
 
     n = int(config.sample.num_clips)
     for split in (config.sample.split, config.data.split):
@@ -890,8 +890,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     process 0), `tb/events.out.tfevents.*`, `samples/step_<n>.png`, `config.json`.
     Raises `NonFiniteError` on a NaN/inf loss or gradient (nothing is saved for that step).
     """
-    from maestro_jax import tb  # noqa: PLC0415
-    from maestro_jax.train_checkpoints import TrainCheckpointer, abstract_with_shardings  # noqa: PLC0415
+    from maestro_jax.training import tensorboard as tb  # noqa: PLC0415
+    from maestro_jax.training.checkpoints import TrainCheckpointer, abstract_with_shardings  # noqa: PLC0415
     from maestro_jax.video import contact_sheet, to_uint8, write_png  # noqa: PLC0415
 
     workdir = Path(workdir).absolute()
@@ -1062,7 +1062,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 def export_cim(params: Any, models: Models, config: Any, out: Path) -> Path:
     """The trained CIM as an inference folder (`checkpoints.save_params` layout, config.json
     with the CIMConfig under "cim"): what `--config.cim_checkpoint` of generation and
-    `audio_encoder.load` read. Gathered from every process; process 0 writes it."""
+    `maestro_jax.audio.encoder.load` read. Gathered from every process; process 0 writes it."""
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     from maestro_jax.checkpoints import save_params  # noqa: PLC0415

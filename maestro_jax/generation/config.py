@@ -61,3 +61,16 @@ def generation_config(variant: str) -> ml_collections.ConfigDict:
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r} (default | runlocal)")
     return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Maestro generation (`configs/generate.py`): variants `default` and `runlocal`."""
+    return generation_config(arg or "default")
+
+
+def t2v_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Plain VideoCrafter2 text-to-video (`configs/t2v.py`): VideoCrafter2's fps 28 with real
+    weights (its run_text2video.sh)."""
+    c = generation_config(arg or "default")
+    c.fps = 28 if c.model == "full" else c.fps
+    return c

@@ -1,7 +1,8 @@
-"""Build the toy world's weights from scratch: `make toy-world` = `python -m maestro_jax.toy_world`.
+"""Build the toy world's weights from scratch: `make toy-world` = `python -m maestro_jax.toy.build`.
 
-Runs every stage of `configs/toy.py` in order through the project's training entry point
-(`python -m maestro_jax.train --config=configs/toy.py:<stage> --workdir=<root>/<stage>`), each
+Runs every stage of `maestro_jax.toy.config` (`configs/toy.py`) in order through the project's
+training entry point (`python -m maestro_jax.train --config=<that file>:<stage>
+--workdir=<root>/<stage>`), each
 in its own process with its own progress bar; a stage whose export exists is skipped, and an
 interrupted stage resumes from its newest checkpoint when the command is run again. At the end
 the exports are copied (atomically) into `maestro_jax/assets/toy/`:
@@ -28,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from configs.toy import STAGES
+from maestro_jax.toy import config as toy_config
+from maestro_jax.toy.config import ASSETS, STAGES
 
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO / "maestro_jax" / "assets" / "toy"
 LAYOUT = {
     "text": "vc/text",
     "vae": "vc/vae",
@@ -64,7 +64,7 @@ SMOKE = {
 
 
 def _total_steps(stage: str, extra: list[str] | None) -> int:
-    from configs import toy
+    from maestro_jax.toy import config as toy
 
     for a in extra or []:
         if a.startswith("--config.total_steps="):
@@ -88,12 +88,12 @@ def run_stage(stage: str, root: Path, force: bool = False, extra: list[str] | No
         # the config asks for more (or fewer) steps: resume the stage from its checkpoint
         print(f"[toy-world] {stage}: trained to {record.get('total_steps')} steps, want {steps}")
     cmd = [
-        sys.executable, "-m", "maestro_jax.train", f"--config=configs/toy.py:{stage}",
+        sys.executable, "-m", "maestro_jax.train", f"--config={toy_config.__file__}:{stage}",
         f"--workdir={workdir}", f"--config.root={root}", *(extra or []),
     ]  # fmt: skip
     print(f"[toy-world] {stage}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO)
+    proc = subprocess.run(cmd)
     if proc.returncode:
         raise SystemExit(
             f"[toy-world] stage {stage} failed (exit {proc.returncode}); run the same command "
@@ -103,7 +103,7 @@ def run_stage(stage: str, root: Path, force: bool = False, extra: list[str] | No
     prev = json.loads(record_path.read_text()) if record_path.exists() else {}
     record = {
         "stage": stage,
-        "command": " ".join(["python", *cmd[1:]]),
+        "command": " ".join(["python", *cmd[1:]]).replace(toy_config.__file__, "configs/toy.py"),
         "total_steps": steps,
         "wall_s": round(wall + float(prev.get("wall_s", 0.0)), 1),
         "final_metrics": _last_metrics(workdir),
@@ -117,8 +117,8 @@ def run_stage(stage: str, root: Path, force: bool = False, extra: list[str] | No
 def write_demo(folder: Path, seed: int = 25, num_sources: int = 2) -> None:
     """The bundled demo mixture of `make demo`: mixture.wav + job.json (queries, boxes). Seed 25
     gives a blue square (left) and a red disc (right)."""
-    from data import toyworld
     from maestro_jax import audio as audio_lib
+    from maestro_jax.toy import world as toyworld
 
     job = toyworld.demo_job(seed, num_sources)
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def write_demo(folder: Path, seed: int = 25, num_sources: int = 2) -> None:
         "queries": list(job["labels"]),
         "classes": [int(c) for c in job["classes"]],
         "boxes": [[float(v) for v in b] for b in job["boxes"]],
-        "made_by": f"data.toyworld.demo_job(seed={seed}, num_sources={num_sources})",
+        "made_by": f"maestro_jax.toy.world.demo_job(seed={seed}, num_sources={num_sources})",
     }
     (folder / "job.json").write_text(json.dumps(spec, indent=1))
 
@@ -151,7 +151,7 @@ def install(root: Path, assets: Path, records: dict) -> Path:
         import jax
 
         build = {
-            "made_by": "python -m maestro_jax.toy_world (make toy-world)",
+            "made_by": "python -m maestro_jax.toy.build (make toy-world)",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
             "python": platform.python_version(),
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         ap.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES)}")
-    root = (REPO / args.root).resolve() if not Path(args.root).is_absolute() else Path(args.root)
+    root = Path(args.root).resolve()
     t0 = time.perf_counter()
     records = {}
     for stage in STAGES:  # always in dependency order

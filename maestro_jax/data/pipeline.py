@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from data import DATASET_NAME
-from data.prepare import load_classes, read_jsonl, tfds_dir
+from maestro_jax.data import DATASET_NAME
+from maestro_jax.data.prepare import load_classes, read_jsonl, tfds_dir
 
-log = logging.getLogger("data.pipeline")
+log = logging.getLogger("maestro_jax.data.pipeline")
 
 DEFAULT_KEYS = ("frames", "mel", "label_index", "latents")
 LATENT_MODES = (True, False, "auto")
@@ -55,7 +55,7 @@ def data_source(data_dir: str | os.PathLike, split: str):
     d = tfds_dir(data_dir)
     if not (d / "dataset_info.json").exists():
         raise FileNotFoundError(
-            f"no TFDS dataset at {d}: run `python -m data.prepare ... --out {data_dir}` "
+            f"no TFDS dataset at {d}: run `python -m maestro_jax.data.prepare ... --out {data_dir}` "
             "(or data.synthetic.write_synthetic_dataset) first"
         )
     builder = tfds.builder_from_directory(str(d))
@@ -99,7 +99,7 @@ def use_latent_cache(
     """Whether `make_dataset(data_dir, split, latents=latents, vae=vae)` joins the VAE latent
     cache (see the module docstring). Raises `LatentCacheError` for a cache of another VAE (when
     `vae` is given) and, with latents=True, for a missing, partial or stale cache."""
-    from data import cache_latents as cl
+    from maestro_jax.data import latent_cache as cl
 
     if latents not in LATENT_MODES:
         raise ValueError(f"latents must be True, False or 'auto', got {latents!r}")
@@ -183,7 +183,7 @@ def make_map_dataset(
     if len(source) == 0:
         raise ValueError(f"split {split!r} of {data_dir} is empty")
     if use_latent_cache(data_dir, split, latents, vae):
-        from data.cache_latents import LatentCache
+        from maestro_jax.data.latent_cache import LatentCache
 
         source = _WithLatents(source, LatentCache(data_dir, split))
         if latents is True and "latents" not in keys:

@@ -2,8 +2,8 @@
 
 `python -m maestro_jax.train --config=configs/toy.py:<stage> --workdir=W` dispatches here for
 `config.task` in {"text", "imagebind", "vae", "t2i", "t2v"} (t2v_layout is a t2v task; the CIM
-has its own trainer, `maestro_jax.training`, and the separator `maestro_jax.separator_training`).
-Data comes from the procedural world `data.toyworld`, drawn fresh every step from `seed + step`
+has its own trainer, `maestro_jax.training.cim`, and the separator `maestro_jax.training.separator`).
+Data comes from the procedural world `maestro_jax.toy.world`, drawn fresh every step from `seed + step`
 (so a resumed run sees exactly the batches an uninterrupted one would).
 
 - text: the frozen text encoder (OpenCLIP-shaped, tiny) with random weights: nothing trains;
@@ -54,7 +54,7 @@ from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.nn.attention import dot_product_attention
 from maestro_jax.nn.random_init import random_like
-from maestro_jax.train_checkpoints import truncate_jsonl
+from maestro_jax.training.checkpoints import truncate_jsonl
 
 log = logging.getLogger("maestro_jax.train")
 
@@ -170,7 +170,7 @@ def _frames01(frames: np.ndarray) -> np.ndarray:
 
 
 def _vae_stage(config):
-    from data import toyworld as tw
+    from maestro_jax.toy import world as tw
 
     cfg = vae_config(config)
     model = vae_lib.AutoencoderKL(cfg)
@@ -216,7 +216,7 @@ def rescale_vae_latents(model, params, batch: dict) -> Any:
 
 
 def _unet_stage(config, temporal: bool):
-    from data import toyworld as tw
+    from maestro_jax.toy import world as tw
 
     ucfg = unet_config(config, temporal)
     model = UNet(ucfg)
@@ -368,7 +368,7 @@ def layout_slots(
     cell to the plain slot; the others are rasterised like `mosaic.rasterize` (centre cells,
     smaller box first) at every resolution. Returns (slots float32 [B, K + 2, L, D], per
     resolution int32 [B, h*w])."""
-    from data import toyworld as tw
+    from maestro_jax.toy import world as tw
 
     b, k = cls.shape
     labels = tw.labels()

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from maestro_jax import audio as audio_lib
@@ -137,3 +138,26 @@ def encode_stems(
         raise ValueError("encode_stems: no stems given")
     mel = np.stack([stem_mel(w, sr, clip_window, rule) for w, sr in stems])
     return encode_mels(enc, mel)
+
+
+# ----------------------------------------------------------------------------- config
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`python -m maestro_jax.encode_audio` settings (`configs/audio.py`); `runlocal`: tiny
+    random ImageBind + CIM."""
+    variant = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.model = "full"  # 'full' (converted weights) | 'tiny' (random)
+    c.imagebind_checkpoint = ""
+    c.cim_checkpoint = ""
+    c.clip_window = 4.0  # seconds of audio per video; S = ceil(window / 2) clips
+    c.clip_rule = "git"  # 'git' (disjoint clips) | 'pypi015' (the release's sampler)
+    c.dtype = "float32"
+    c.seed = 0
+    c.tiny_context_width = 64
+    c.tiny_num_queries = 4
+    if variant == "runlocal":
+        c.model = "tiny"
+    elif variant != "default":
+        raise ValueError(f"unknown audio config variant {variant!r} (default | runlocal)")
+    return c

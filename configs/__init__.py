@@ -1,1 +1,0 @@
-"""ml_collections configs: `--config=configs/NAME.py[:variant]`."""

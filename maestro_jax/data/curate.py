@@ -1,0 +1,462 @@
+"""Curate a prepared dataset (paper section 4.1; spec `maestro.md`, "Data curation").
+
+    python -m maestro_jax.data.curate --data OUT --imagebind CKPT_DIR|random-tiny --out CURATED \
+        [--bpe bpe_simple_vocab_16e6.txt.gz] [--flow_threshold 0.1] [--batch_size 16]
+
+Per clip:
+- ImageBind cosine similarities keyframe-audio (`sim_av`), keyframe-text (`sim_vt`) and
+  audio-text (`sim_at`). The keyframe is the middle stored frame (frames[S_f // 2]; with the
+  default rule the frame at ~5 s); the audio embedding is ImageBind's own clip-mean of the S = 5
+  per-clip embeddings of the stored mel; the text is the class label.
+- Median rule: keep a clip when all three similarities are strictly above their medians over the
+  whole input dataset (all splits together).
+- Static-video filter: the mean Farneback optical-flow magnitude of frames sampled at 2 fps
+  (computed by data.prepare on centre crops at min(256, resolution) pixels and stored in the
+  manifest as `flow_mag`) must be > --flow_threshold (0.1).
+- Silence filter: drop a clip whose 16 kHz audio is all zeros (`audio_peak` <= --silence_eps,
+  default 0.0).
+
+CURATED gets the same on-disk format as data.prepare's output (records copied byte for byte)
+with the similarities added to its manifest, plus `curation.jsonl` (every input clip: scores,
+`kept`, `reasons` it was dropped for), `curation_summary.json` (medians, counts) and
+`histogram.png`, the three similarity histograms (keyframe-audio, keyframe-text, audio-text,
+left to right) with the median as a red line (paper Fig. 6).
+
+`--imagebind random-tiny` uses a tiny randomly initialised ImageBind (tests, no weights);
+otherwise a folder written by `python -m convert.imagebind` holding all three branches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from maestro_jax.data.prepare import (
+    PartWriter,
+    finalize,
+    load_classes,
+    load_features,
+    read_jsonl,
+    write_json,
+)
+
+log = logging.getLogger("maestro_jax.data.curate")
+
+SIMS = ("sim_av", "sim_vt", "sim_at")
+SIM_TITLES = ("keyframe-audio", "keyframe-text", "audio-text")
+
+
+# ==================================================================================================
+# Filters
+# ==================================================================================================
+
+
+def flow_magnitude(frames: np.ndarray) -> float:
+    """Mean dense optical-flow magnitude (pixels per step) over consecutive frames.
+
+    frames: uint8 [T, H, W, 3] RGB sampled at the analysis rate (2 fps). OpenCV Farneback with
+    its customary parameters (pyr_scale 0.5, 3 levels, window 15, 3 iterations, poly_n 5,
+    poly_sigma 1.2) on grey frames; the magnitude is averaged over pixels, then over the T - 1
+    frame pairs. Fewer than two frames give 0.0 (treated as static).
+    """
+    import cv2
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"flow_magnitude wants [T, H, W, 3] frames, got {frames.shape}")
+    if frames.shape[0] < 2:
+        return 0.0
+    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    mags = []
+    for a, b in zip(gray[:-1], gray[1:]):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        mags.append(float(np.mean(np.sqrt(np.sum(np.square(flow), axis=-1)))))
+    return float(np.mean(mags))
+
+
+def median_rule(scores: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
+    """keep[i] = all(scores[k][i] > median(scores[k])) over the keys; returns (keep, medians)."""
+    medians = {k: float(np.median(v)) for k, v in scores.items()}
+    keep = np.ones(len(next(iter(scores.values()))), bool)
+    for k, v in scores.items():
+        keep &= np.asarray(v) > medians[k]
+    return keep, medians
+
+
+# ==================================================================================================
+# ImageBind embeddings
+# ==================================================================================================
+
+
+def tiny_imagebind_config():
+    """A tiny ImageBind (width 32, one block per branch, 28 x 28 images) for tests."""
+    from maestro_jax.models.imagebind import ImageBindConfig
+
+    return ImageBindConfig(
+        out_dim=32,
+        audio_width=32,
+        audio_depth=1,
+        audio_heads=2,
+        vision_width=32,
+        vision_depth=1,
+        vision_heads=2,
+        image_size=28,
+        text_width=32,
+        text_depth=1,
+        text_heads=2,
+    )
+
+
+def load_imagebind(spec: str | os.PathLike, seed: int = 0) -> tuple[Any, dict]:
+    """(ImageBindConfig, {'audio', 'vision', 'text': params}) from a convert.imagebind folder, or
+    a random tiny model for spec 'random-tiny'."""
+
+    from maestro_jax.models import imagebind as ib
+
+    if str(spec) == "random-tiny":
+        cfg = tiny_imagebind_config()
+        # Shapes from eval_shape, values from numpy (`random_like`): initialising with
+        # jax.random would compile threefry per branch (~6 s each on CPU).
+        from maestro_jax.nn.random_init import random_like
+
+        shapes = ib.init_shapes(cfg)
+        params = {m: random_like(shapes[m], seed + k) for k, m in enumerate(ib.MODALITIES)}
+        return cfg, params
+    from maestro_jax.checkpoints import load_params
+
+    params, config = load_params(spec)
+    missing = [m for m in ib.MODALITIES if m not in params]
+    if missing:
+        raise ValueError(
+            f"{spec} lacks the ImageBind branches {missing}; convert with "
+            "`python -m convert.imagebind imagebind_huge.pth OUT --modalities audio,vision,text`"
+        )
+    kw = dict(config.get("imagebind", {}))
+    kw.pop("dtype", None)
+    fields = {f.name for f in dataclasses.fields(ib.ImageBindConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items() if k in fields}
+    return ib.ImageBindConfig(**kw), params
+
+
+def _unit(e):
+    import jax.numpy as jnp
+
+    return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _embed(modality: str, cfg, params: dict, x: jax.Array) -> jax.Array:
+    """Unit-norm ImageBind embeddings [B, E] of mel [B, S, 128, 204] ('audio', ImageBind's
+    clip mean), uint8 frames [B, H, W, 3] ('vision') or token ids [B, 77] ('text')."""
+    import jax.numpy as jnp
+
+    from maestro_jax.models import imagebind as ib
+
+    if modality == "audio":
+        e = ib.ImageBindAudio(cfg).apply({"params": params}, x.astype(jnp.float32)).emb
+    elif modality == "vision":
+        x = ib.preprocess_images(x, size=cfg.image_size)
+        e = ib.ImageBindVision(cfg).apply({"params": params}, x).emb
+    else:
+        e = ib.ImageBindText(cfg).apply({"params": params}, x).emb
+    return _unit(e)
+
+
+class Embedder:
+    """Unit-norm ImageBind embeddings of keyframes, mel clips and texts, in fixed-size batches
+    (the last one zero-padded) so each branch compiles once per config."""
+
+    def __init__(self, cfg, params: dict, batch_size: int = 16):
+        self.cfg, self.params, self.batch_size = cfg, params, int(batch_size)
+
+    def __call__(self, modality: str, x: np.ndarray) -> np.ndarray:
+        """[N, ...] inputs -> [N, E] float32 unit vectors."""
+        x = np.asarray(x)
+        n, b = x.shape[0], self.batch_size
+        out = []
+        for i in range(0, n, b):
+            chunk = x[i : i + b]
+            pad = b - chunk.shape[0]
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            e = _embed(modality, self.cfg, self.params[modality], chunk)
+            out.append(np.asarray(e)[: b - pad])
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.out_dim), np.float32)
+
+
+# ==================================================================================================
+# Histogram (paper Fig. 6), a tiny numpy rasteriser
+# ==================================================================================================
+
+
+def histogram_image(
+    values: Sequence[np.ndarray],
+    medians: Sequence[float] | None = None,
+    bins: int = 40,
+    panel: tuple[int, int] = (180, 240),
+) -> np.ndarray:
+    """uint8 [H, W, 3]: one panel per array (side by side), bars in blue on white with axes,
+    each panel's median as a red vertical line. The x range of every panel is [min, max] of its
+    values; bar heights are relative to the panel's tallest bin."""
+    ph, pw = panel
+    margin = 12
+    img = np.full((ph, pw * len(values), 3), 255, np.uint8)
+    for p, v in enumerate(values):
+        v = np.asarray(v, np.float64)
+        x0, x1 = p * pw + margin, (p + 1) * pw - margin
+        y0, y1 = margin, ph - margin  # plot box, y1 = baseline
+        img[y1, x0 : x1 + 1] = 0
+        img[y0 : y1 + 1, x0] = 0
+        if v.size == 0:
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            hi = lo + 1e-6
+        counts, _ = np.histogram(v, bins=bins, range=(lo, hi))
+        width = (x1 - x0 - 1) / bins
+        top = max(int(counts.max()), 1)
+        for i, c in enumerate(counts):
+            if c == 0:
+                continue
+            bx0 = x0 + 1 + int(round(i * width))
+            bx1 = x0 + 1 + max(int(round((i + 1) * width)) - 1, int(round(i * width)))
+            bh = int(round((y1 - y0 - 1) * c / top))
+            img[y1 - bh : y1, bx0 : bx1 + 1] = (70, 110, 200)
+        if medians is not None:
+            mx = x0 + 1 + int(round((medians[p] - lo) / (hi - lo) * (x1 - x0 - 2)))
+            img[y0:y1, min(max(mx, x0), x1)] = (220, 30, 30)
+    return img
+
+
+# ==================================================================================================
+# Driver
+# ==================================================================================================
+
+
+def compute_scores(
+    data_dir: str | os.PathLike,
+    embedder: Embedder,
+    tokenizer,
+    *,
+    read_batch: int = 64,
+) -> list[dict]:
+    """Per manifest row: {clip_id, split, index, sim_av, sim_vt, sim_at}. Reads the records with
+    `tfds.data_source`, in manifest order."""
+    import tensorflow_datasets as tfds
+
+    from maestro_jax.data.prepare import tfds_dir
+
+    data_dir = Path(data_dir)
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    classes = load_classes(data_dir)
+    text_emb = embedder("text", tokenizer(classes))  # [num_classes, E]
+    builder = tfds.builder_from_directory(str(tfds_dir(data_dir)))
+    sources = {}
+    out = []
+    for i in range(0, len(manifest), read_batch):
+        rows = manifest[i : i + read_batch]
+        recs = []
+        for r in rows:
+            if r["split"] not in sources:
+                sources[r["split"]] = builder.as_data_source(r["split"])
+            recs.append(sources[r["split"]][r["index"]])
+        frames = np.stack([x["frames"][x["frames"].shape[0] // 2] for x in recs])
+        mel = np.stack([np.asarray(x["mel"], np.float32) for x in recs])
+        li = np.array([int(x["label_index"]) for x in recs])
+        va, aa = embedder("vision", frames), embedder("audio", mel)
+        ta = text_emb[li]
+        av, vt, at = (np.sum(a * b, axis=-1) for a, b in ((va, aa), (va, ta), (aa, ta)))
+        for j, r in enumerate(rows):
+            out.append(
+                {
+                    "clip_id": r["clip_id"],
+                    "split": r["split"],
+                    "index": r["index"],
+                    "sim_av": float(av[j]),
+                    "sim_vt": float(vt[j]),
+                    "sim_at": float(at[j]),
+                }
+            )
+    return out
+
+
+def curate(
+    data_dir: str | os.PathLike,
+    imagebind: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    bpe_path: str | os.PathLike | None = None,
+    flow_threshold: float = 0.1,
+    silence_eps: float = 0.0,
+    batch_size: int = 16,
+    records_per_part: int = 256,
+    sim_rule: str = "median",
+) -> dict:
+    """Score, filter and write the curated dataset; returns the summary written to
+    OUT/curation_summary.json. sim_rule 'none' records the similarities but filters only static
+    and silent clips."""
+    if sim_rule not in ("median", "none"):
+        raise ValueError(f"sim_rule must be 'median' or 'none', got {sim_rule!r}")
+    from array_record.python import array_record_module as arm
+
+    from maestro_jax.models.tokenizer import get_tokenizer
+    from maestro_jax.video import write_png
+
+    data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir).absolute()
+    if data_dir == out_dir:
+        raise ValueError("--out must differ from --data (the input is never modified)")
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    if not manifest:
+        raise ValueError(f"{data_dir}/manifest.jsonl is missing or empty: run data.prepare first")
+    for key in ("flow_mag", "audio_peak"):
+        if any(key not in r for r in manifest):
+            raise ValueError(f"manifest rows of {data_dir} lack {key!r}: re-run data.prepare")
+    features = load_features(data_dir)
+    tokenizer = get_tokenizer(bpe_path)
+    cfg, params = load_imagebind(imagebind)
+    scores = compute_scores(data_dir, Embedder(cfg, params, batch_size), tokenizer)
+
+    sims = {k: np.array([s[k] for s in scores]) for k in SIMS}
+    _, medians = median_rule(sims)
+    flow = np.array([r["flow_mag"] for r in manifest])
+    peak = np.array([r["audio_peak"] for r in manifest])
+    static = ~(flow > flow_threshold)
+    silent = peak <= silence_eps
+    rows = []
+    for i, r in enumerate(manifest):
+        reasons = [f"low_{k}" for k in SIMS if sim_rule == "median" and not sims[k][i] > medians[k]]
+        reasons += ["static"] * bool(static[i]) + ["silent"] * bool(silent[i])
+        rows.append(
+            {
+                "clip_id": r["clip_id"],
+                "split": r["split"],
+                "index": r["index"],
+                **{k: float(sims[k][i]) for k in SIMS},
+                "flow_mag": float(flow[i]),
+                "audio_peak": float(peak[i]),
+                "kept": not reasons,
+                "reasons": reasons,
+            }
+        )
+
+    # Copy kept records byte for byte into parts of the curated folder.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in (out_dir / "parts").glob("*/*") if (out_dir / "parts").exists() else []:
+        old.unlink()  # a rerun replaces the previous curation
+    write_json(out_dir / "classes.json", load_classes(data_dir))
+    with open(data_dir / "prep_config.json") as f:
+        prep_cfg = json.load(f)
+    write_json(out_dir / "prep_config.json", {**prep_cfg, "curated_from": str(data_dir)})
+    readers: dict[str, Any] = {}
+    by_split: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["kept"]:
+            by_split.setdefault(row["split"], []).append(i)
+    try:
+        for split, idxs in sorted(by_split.items()):
+            for start in range(0, len(idxs), records_per_part):
+                chunk = idxs[start : start + records_per_part]
+                w = PartWriter(out_dir, split, f"curated-{start // records_per_part:05d}")
+                entries = []
+                for i in chunk:
+                    m = manifest[i]
+                    part = data_dir / "parts" / m["split"] / f"{m['part']}.array_record"
+                    if part not in readers:
+                        readers[part] = arm.ArrayRecordReader(str(part))
+                    w.write(readers[part].read([m["row"]])[0])
+                    keep = {
+                        k: v for k, v in m.items() if k not in ("part", "row", "shard", "index")
+                    }
+                    entries.append({**keep, **{k: rows[i][k] for k in SIMS}})
+                w.commit(
+                    {"clips": entries, "done": [e["clip_id"] for e in entries], "split": split}
+                )
+    finally:
+        for r in readers.values():
+            r.close()
+    counts = finalize(out_dir, features, description=f"curated from {data_dir}")
+
+    with open(out_dir / "curation.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+    write_png(
+        out_dir / "histogram.png",
+        histogram_image([sims[k] for k in SIMS], [medians[k] for k in SIMS]),
+    )
+    reasons_count: dict[str, int] = {}
+    for row in rows:
+        for r in row["reasons"]:
+            reasons_count[r] = reasons_count.get(r, 0) + 1
+    summary = {
+        "input": str(data_dir),
+        "imagebind": str(imagebind),
+        "sim_rule": sim_rule,
+        "medians": medians,
+        "flow_threshold": flow_threshold,
+        "silence_eps": silence_eps,
+        "num_input": len(rows),
+        "num_kept": int(sum(r["kept"] for r in rows)),
+        "dropped_for": reasons_count,
+        "splits": counts,
+        "histogram_panels": list(SIM_TITLES),
+    }
+    write_json(out_dir / "curation_summary.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m maestro_jax.data.curate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--data", required=True, help="a data.prepare output folder")
+    p.add_argument("--imagebind", required=True, help="convert.imagebind folder or random-tiny")
+    p.add_argument("--out", required=True, help="the curated dataset folder")
+    p.add_argument("--bpe", default=None, help="CLIP bpe_simple_vocab_16e6.txt.gz")
+    p.add_argument("--flow_threshold", type=float, default=0.1)
+    p.add_argument("--silence_eps", type=float, default=0.0)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument(
+        "--sim_rule",
+        choices=("median", "none"),
+        default="median",
+        help="'none': record similarities, filter only static and silent clips",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.imagebind != "random-tiny" and not Path(args.imagebind).is_dir():
+        p.error(f"--imagebind {args.imagebind} is neither a folder nor 'random-tiny'")
+    try:
+        s = curate(
+            args.data,
+            args.imagebind,
+            args.out,
+            bpe_path=args.bpe,
+            flow_threshold=args.flow_threshold,
+            silence_eps=args.silence_eps,
+            batch_size=args.batch_size,
+            sim_rule=args.sim_rule,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.out}: kept {s['num_kept']} of {s['num_input']} clips; medians "
+        + ", ".join(f"{k} {v:.4f}" for k, v in s["medians"].items())
+        + f"; dropped for {s['dropped_for']}; records per split {s['splits']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
