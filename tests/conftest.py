@@ -40,3 +40,15 @@ def cpu_mesh():
 
     assert jax.device_count() == 8, jax.devices()
     return make_mesh((4, 2), ("data", "fsdp"))
+
+
+def load_config_file(relpath: str):
+    """A checkout's `--config` file (e.g. 'configs/sweeps/nd.py'), loaded by path as
+    `config_flags` loads it (configs/ is not a package)."""
+    import importlib.util
+
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -21,11 +21,13 @@ from maestro_jax import evaluate as ev
 from maestro_jax import plots
 from maestro_jax import sweep as sw
 from maestro_jax.evaluation import config as eval_configs
-from maestro_jax.evaluation.sweep_config import lambda1 as lambda1_cfg
-from maestro_jax.evaluation.sweep_config import modes as modes_cfg
-from maestro_jax.evaluation.sweep_config import nd as nd_cfg
-from maestro_jax.evaluation.sweep_config import nq as nq_cfg
 from maestro_jax.video import read_png
+from tests.conftest import load_config_file
+
+lambda1_cfg = load_config_file("configs/sweeps/lambda1.py")
+modes_cfg = load_config_file("configs/sweeps/modes.py")
+nd_cfg = load_config_file("configs/sweeps/nd.py")
+nq_cfg = load_config_file("configs/sweeps/nq.py")
 
 REPO = Path(__file__).resolve().parents[1]
 ND_VALUES = (0, 4)

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maestro_jax import tb, training
 from maestro_jax.models.tokenizer import HashTokenizer
+from maestro_jax.training import cim as training
+from maestro_jax.training import tensorboard as tb
 from maestro_jax.training.cim_config import VARIANTS, get_config
 
 REPO = Path(__file__).resolve().parents[1]
