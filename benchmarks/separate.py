@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from maestro_jax import separate as sep_lib
+from maestro_jax.audio import separation as sep_lib
 
 
 def main() -> None:
@@ -28,8 +28,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--iters", type=int, default=3)
     a = ap.parse_args()
-    spec = f"{sep_lib.DEFAULT_CONFIG}" + (":runlocal" if a.size == "tiny" else "")
-    cfg = sep_lib.load_config(spec)
+    cfg = sep_lib.default_config("runlocal" if a.size == "tiny" else None)
     cfg.separator.dtype = a.dtype
     sep_vars, _ = sep_lib.random_variables(cfg, 0)
     sep_vars = jax.tree.map(jax.numpy.asarray, sep_vars)

@@ -17,7 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 from convert import audiosep as conv
 from convert import common
-from maestro_jax import separate as sep
+from maestro_jax import separate as separate_cli
+from maestro_jax.audio import separation as sep
 from maestro_jax.models import audiosep, clap_text
 from maestro_jax.models import stft as stft_lib
 
@@ -344,6 +345,6 @@ def test_cli_runlocal(tmp_path, audio_dir):
 
 def test_cli_errors_before_compute(tmp_path, audio_dir):
     with pytest.raises(SystemExit, match="--checkpoint is required"):
-        sep.main(["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(tmp_path)])
+        separate_cli.main(["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="mixture not found"):
-        sep.main(["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(tmp_path)])
+        separate_cli.main(["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(tmp_path)])

@@ -145,9 +145,9 @@ def _data_module(config: ml_collections.ConfigDict):
 
 def separate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The `configs/separate.py` config that runs the trained separator (whole-file passes)."""
-    from maestro_jax import separate as sep_lib
+    from maestro_jax.audio import separation as sep_lib
 
-    c = sep_lib.load_config(None)
+    c = sep_lib.default_config()
     c.sample_rate = int(config.sample_rate)
     c.separator.channels = tuple(int(x) for x in config.separator.channels)
     c.separator.dtype = str(config.separator.get("dtype", "float32"))
@@ -163,7 +163,7 @@ def separate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def label_embeddings(text_variables: Any, sep_cfg: ml_collections.ConfigDict, labels: list[str]):
     """[L, joint] unit-norm embeddings of `labels` through the (frozen) text encoder, tokenised
     exactly as `separation.separate_mixture` does without a tokenizer."""
-    from maestro_jax import separate as sep_lib
+    from maestro_jax.audio import separation as sep_lib
 
     ids, mask = byte_fallback_tokens(list(labels), sep_cfg.text.vocab_size)
     return np.asarray(sep_lib.embed_texts(text_variables, sep_cfg, ids, mask), np.float32)
@@ -380,7 +380,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     resumed_from, wall_s}."""
     from tqdm.auto import tqdm
 
-    from maestro_jax import separate as sep_lib
+    from maestro_jax.audio import separation as sep_lib
 
     t0 = time.time()
     validate(config)
