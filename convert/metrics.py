@@ -59,7 +59,11 @@ def verify_frechet(fixture_dir: Path) -> list[Check]:
             ref = io[f"out_fd_{conv}_{pair}"]
             tol, metric = FRECHET_TOL[pair]
             r = fvd_from_features(gen, real, conv, ORIGINAL_SQRT[conv])  # the original's root
-            assert r.n_gen == gen.shape[0] and r.n_real == real.shape[0]
+            if (r.n_gen, r.n_real) != (gen.shape[0], real.shape[0]):
+                raise RuntimeError(
+                    f"fvd_from_features counted {r.n_gen} / {r.n_real} features for the "
+                    f"{gen.shape[0]} / {real.shape[0]} rows of fixture pair {pair!r}"
+                )
             checks.append(Check(f"fd_{conv}_{pair}", np.float64(r.fvd), ref, tol, metric))
             # The stable eigendecomposition root must agree within the same bounds.
             mu1, s1 = feature_stats(gen, conv)
@@ -135,7 +139,11 @@ def verify_av_align(fixture_dir: Path) -> list[Check]:
             )
     for rule in av.RULES:
         mean, n, skipped = av.mean_score(scores[rule])
-        assert n == len(AV_PAIRS) and skipped == 0
+        if (n, skipped) != (len(AV_PAIRS), 0):
+            raise RuntimeError(
+                f"mean_score({rule}) used {n} of the {len(AV_PAIRS)} fixture pairs "
+                f"({skipped} skipped)"
+            )
         checks.append(
             Check(f"score_mean_{rule}", np.float64(mean), io[f"out_score_mean_{rule}"], 0, "exact")
         )

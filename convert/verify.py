@@ -8,7 +8,8 @@ pass). The default bound is relative L2 error 1e-5 in float32 (fixtures stored i
 to float32 first); a kind may set its own bound where its fixture README does.
 
 Each kind is a function `verify(fixture_dir: Path) -> list[Check]` in a converter module,
-registered in `KINDS` below.
+registered in `KINDS` below. A fixture whose layout the verifier cannot follow raises
+`FixtureError` (printed as one `error:` line, exit status 2), never a bare assert.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ KINDS = {
     "imagebind_audio": "convert.imagebind:verify_imagebind_audio",
     "cim_resampler": "convert.cim:verify_cim_resampler",
     "object_locating": "convert.mosaic:verify_object_locating",
+    "i3d": "convert.i3d:verify_i3d",
     "stft": "convert.audiosep:verify_stft",
     "audiosep_resunet": "convert.audiosep:verify_audiosep_resunet",
     "clap_text": "convert.audiosep:verify_clap_text",
@@ -43,6 +45,11 @@ KINDS = {
 }
 
 DEFAULT_TOL = 1e-5
+
+
+class FixtureError(ValueError):
+    """A fixture folder does not hold what its kind expects (fields, arrays, shapes, layout):
+    the message names the case / array and the problem. The CLI prints it on one line."""
 
 
 @dataclasses.dataclass
@@ -119,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    checks = run_kind(args.fixture_dir, kind)
+    from convert.common import ConversionError
+
+    try:
+        checks = run_kind(args.fixture_dir, kind)
+    except (FixtureError, ConversionError) as e:
+        print(f"error: {kind} fixture {args.fixture_dir}: {e}", file=sys.stderr)
+        return 2
     return 0 if report(checks) else 1
 
 

@@ -1,6 +1,7 @@
 """Evaluation metrics: FVD (Fréchet distance + I3D), AV-Align, IA, placement.
 
-Fixtures `frechet` and `av_align` go through `convert.metrics.verify_*`; I3D has no fixture: its
+Fixtures `frechet` and `av_align` go through `convert.metrics.verify_*`; the full-size `i3d`
+fixture is checked in tests/test_i3d.py. Here the I3D's
 tiny-width Flax forward is checked against a float64 NumPy forward written from pytorch-i3d's
 definition (torch layouts, zero-padded max pools), fed a synthetic state dict in pytorch-i3d key
 naming through the converter. librosa (numba compile ~30 s) is only used inside ONE module fixture.

@@ -77,7 +77,148 @@ def _contexts(null, audio, n_f):
 def test_object_locating_fixture(fixtures_dir):
     checks = verify_object_locating(fixtures_dir / "object_locating")
     bad = [(c.name, c.errors()) for c in checks if not c.passed()]
-    assert len(checks) >= 36 and not bad, bad
+    assert not bad, bad
+    # 4 cases with 4, 4, 16, 16 saved rows: 2 checks per row, 4 per case, 16 box-cell checks
+    rows = [c.name for c in checks if "_row" in c.name]
+    assert len(rows) == 2 * 40 and len(checks) == 80 + 4 * 4 + 16
+    assert "h20w32_heads10_TD_row15(frame15,head8)_f16emul_logits_vs_release" in rows
+
+
+def _release_f16_locate(x, gaussians, smax, strengthen=0.5, weaken=0.05):
+    """numpy emulation of the release's float16 steps on given Gaussians [2, h, w] (peak 1):
+    columns 0..20 of the edited logits and the float16 map M [h, w, 21]."""
+    g = (gaussians.astype(np.float16) * np.float16(smax)).astype(np.float16)
+    m = np.zeros((*gaussians.shape[1:], 21), np.float16)
+    m[..., 1:11] = (g[0] - g[1]).astype(np.float16)[..., None]
+    m[..., 11:21] = (g[1] - g[0]).astype(np.float16)[..., None]
+    m32 = m.astype(np.float32)
+    wgt = np.where(m == 0, np.float32(np.float16(weaken)), np.float32(1))
+    out = x[..., :21] * wgt + np.float32(strengthen) * m32
+    out[..., 0] = x[..., 0]
+    return out, m32
+
+
+def _synthetic_object_locating(root, h=10, w=16, heads=20, frames=(0, 7, 15), sheads=(3, 17)):
+    """A fixture folder of the `object_locating` kind with TWO saved heads per frame, its
+    expected arrays made by this repo's port (float32) and a float16 emulation of its maps."""
+    rng = np.random.default_rng(11)
+    rows = len(frames) * len(sheads)
+    x = (2 * rng.normal(size=(rows, h, w, L))).astype(np.float16).astype(np.float32)
+    x[3, 4, 5, 40] = 12.5  # the global max, in slice row 3 = frame 7, head 17
+    smax = float(x.max())
+    arrays = {f"in_logits_h{h}w{w}_heads{heads}": x}
+    cases, cells = {}, {}
+    for pos in ("LR", "TD"):
+        name = f"h{h}w{w}_heads{heads}_{pos}"
+        locate, _ = mosaic.preset(pos)
+        r = mosaic.rasterize(locate, (h, w), len(frames), cell_rule="release")
+        col_map, audio = mosaic.locate_column_map(
+            jnp.asarray(r.locate_map.reshape(2, len(frames), h * w)), 10, 1
+        )
+        per_row = jnp.repeat(col_map, len(sheads), axis=0)  # frame-major rows
+        out = mosaic.locate_logits(jnp.asarray(x.reshape(rows, h * w, L)), per_row, audio, smax)
+        out16, m16 = _release_f16_locate(x, r.gaussians[:, 0], smax)
+        arrays |= {
+            f"out_logits_f32map_cols0to20_{name}": np.asarray(out).reshape(x.shape)[..., :21],
+            f"out_logits_cols0to20_{name}": out16,
+            f"out_map_f32_{name}": np.asarray(col_map)[0].reshape(h, w, L)[..., :21] * smax,
+            f"out_map_f16_{name}": m16,
+        }
+        cases[name] = {
+            "input": f"in_logits_h{h}w{w}_heads{heads}",
+            "heads": heads,
+            "h": h,
+            "w": w,
+            "pos": pos,
+            "full_tensor_shape": [16 * heads, h, w, L],
+            "saved_rows_of_full_tensor": [f * heads + hd for f in frames for hd in sheads],
+            "saved_frames": list(frames),
+            "saved_heads": list(sheads),
+            "num_frames_for_saved_slice": len(frames),
+            "global_max": smax,
+            "global_max_at_row_frame_head": [7 * heads + 17, 7, 17],
+        }
+        # TrailBlazer's BoundingBox integer cells, written out independently of `rasterize`
+        cells[f"{h}x{w}/{pos}"] = [
+            {
+                "rows": [int((t + 0.01) * h), int((b - 0.01) * h)],
+                "cols": [int((l + 0.01) * w), int((rt - 0.01) * w)],
+            }
+            for l, t, rt, b in mosaic.PRESETS[pos][0]
+        ]
+    cfg = {"num_frames": 16, "strengthen_scale": 0.5, "weaken_scale": 0.05, "cases": cases}
+    write_synthetic(root, cfg, arrays, {"cells": cells})
+    return cfg, arrays
+
+
+def write_synthetic(root, cfg, arrays, cells=None):
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(cfg))
+    np.savez_compressed(root / "io.npz", **arrays)
+    if cells is not None:
+        (root / "box_cells.json").write_text(json.dumps(cells))
+
+
+def test_object_locating_verifier_two_heads_per_frame(tmp_path):
+    """10 x 16 latents, 20 heads, heads [3, 17] of frames [0, 7, 15]: every saved row is
+    checked, the rows are named by frame and head, and the port passes."""
+    _synthetic_object_locating(tmp_path / "ok")
+    checks = verify_object_locating(tmp_path / "ok")
+    bad = [(c.name, c.errors()) for c in checks if not c.passed()]
+    assert not bad, bad
+    for pos in ("LR", "TD"):
+        rows = [c.name for c in checks if c.name.startswith(f"h10w16_heads20_{pos}_row")]
+        assert len(rows) == 2 * 6, rows
+        assert f"h10w16_heads20_{pos}_row1(frame0,head17)_logits_vs_f32map" in rows
+        assert f"h10w16_heads20_{pos}_row4(frame15,head3)_f16emul_logits_vs_release" in rows
+    assert len(checks) == 2 * (12 + 4) + 4  # + 2 boxes x 2 layouts of box cells
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda c, a, n: c["cases"][n]["saved_rows_of_full_tensor"].pop(),
+         "saved_rows_of_full_tensor has 5 rows, saved_frames x saved_heads = 3 x 2 = 6"),
+        (lambda c, a, n: c["cases"][n].update(saved_heads=[17, 3]),
+         "are not row = frame * heads + head"),
+        (lambda c, a, n: a.pop(f"out_map_f16_{n}"), "io.npz has no array out_map_f16_"),
+        (lambda c, a, n: a.update({f"out_map_f32_{n}": a[f"out_map_f32_{n}"][:, :8]}),
+         "has shape (10, 8, 21), want (10, 16, 21)"),
+        (lambda c, a, n: c["cases"][n].update(saved_frames=[0, 7]),
+         "saved_rows_of_full_tensor has 6 rows, saved_frames x saved_heads = 2 x 2 = 4"),
+        (lambda c, a, n: c["cases"][n].update(h=20), "full_tensor_shape"),
+        (lambda c, a, n: c["cases"][n].pop("global_max"), "config.json lacks global_max"),
+        (lambda c, a, n: c["cases"][n].update(global_max=11.0), "global_max 11.0 is not"),
+        (lambda c, a, n: c["cases"][n].update(num_frames_for_saved_slice=6),
+         "num_frames_for_saved_slice 6 != len(saved_frames) 3"),
+    ],
+)  # fmt: skip
+def test_object_locating_verifier_refuses_malformed_fixtures(tmp_path, break_it, message):
+    from convert import verify
+
+    cfg, arrays = _synthetic_object_locating(tmp_path / "ok")
+    name = "h10w16_heads20_TD"
+    break_it(cfg, arrays, name)
+    write_synthetic(tmp_path / "ok", cfg, arrays)
+    with pytest.raises(verify.FixtureError) as e:
+        verify_object_locating(tmp_path / "ok")
+    msg = str(e.value)
+    assert msg.startswith(f"object_locating case '{name}': ") and message in msg, msg
+    assert "\n" not in msg
+
+
+def test_object_locating_cli_reports_a_broken_fixture_in_one_line(tmp_path, capsys):
+    from convert import verify
+
+    cfg, arrays = _synthetic_object_locating(tmp_path / "fx")
+    del arrays["in_logits_h10w16_heads20"]
+    write_synthetic(tmp_path / "fx", cfg, arrays)
+    assert verify.main([str(tmp_path / "fx"), "--kind", "object_locating"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: object_locating fixture")
+    assert "case 'h10w16_heads20_LR': io.npz has no input array 'in_logits_h10w16_heads20'" in err
 
 
 # ------------------------------------------------------------------------- contexts

@@ -17,6 +17,16 @@ padding too; pytorch-i3d pads them with zeros where TF pads with -inf, which is 
 every pooled tensor follows a ReLU (>= 0). Inception modules concatenate four branches
 [1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 | maxpool 3x3x3 stride 1 -> 1x1x1] on channels.
 
+hassony2's `I3D` (`kinetics_i3d_pytorch/src/i3dpt.py`, the class behind StyleGAN-V's
+`i3d_torchscript.pt`; checked by the `i3d` fixture through `convert.i3d`) pads differently in
+code but, for the protocol's 16 (or 128) x 224 x 224 clips, computes exactly this: its convs pad
+statically with (k - s) // 2 before and the rest after, plus a runtime rule on T for the stride-2
+stem ((3, 3) for odd T), which is TF 'SAME' whenever H, W are divisible by the stride; its max
+pools zero-pad (k - s) the same way and use `ceil_mode=True`. That equals TF 'SAME' unless a
+pooled length is not divisible by the stride: e.g. the 3x3x3 stride-2 pool 4a on an odd number
+of frames (clips of 9, 10, 13, 14, ... frames) or odd H, W, where hassony2 pads (0, 1) and TF
+(1, 1). This module follows TF (the TF-Hub network) there.
+
 The BatchNorm statistics are stored as params (`mean`, `var` next to `scale`, `bias`): this model
 is only ever run in inference, so one params tree holds everything a converter writes.
 
@@ -175,10 +185,16 @@ class InceptionModule(nn.Module):
         return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
+OUTPUTS = ("logits", "pool", "mixed_5c", "all")
+
+
 class InceptionI3d(nn.Module):
     """Inception-I3D. x: [B, T, H, W, 3] in [-1, 1] -> [B, num_classes] logits averaged over time
     (`output='logits'`, the FVD features) or [B, 1024 * width] pooled features (`output='pool'`,
-    also averaged over the pooled time/space positions)."""
+    also averaged over the pooled time/space positions; VideoGPT's `extract_features` for 16 x 224
+    x 224 clips, where one position is left), or the Mixed_5c feature map [B, T', H', W', 1024 *
+    width] (`output='mixed_5c'`, for localising a mismatch), or all three in one pass as a dict
+    {'mixed_5c', 'pool', 'logits'} (`output='all'`)."""
 
     config: I3DConfig = I3DConfig()
     dtype: Dtype = jnp.float32
@@ -188,8 +204,8 @@ class InceptionI3d(nn.Module):
         cfg = self.config
         if x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"I3D wants [B, T, H, W, 3] RGB clips, got shape {x.shape}")
-        if output not in ("logits", "pool"):
-            raise ValueError(f"output must be 'logits' or 'pool', got {output!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         x = x.astype(self.dtype)
         for name, kind, args in LAYERS:
             if kind == "unit":
@@ -207,6 +223,9 @@ class InceptionI3d(nn.Module):
             else:
                 chans = tuple(scaled(c, cfg.width) for c in MIXED[name])
                 x = InceptionModule(chans, bn_eps=cfg.bn_eps, dtype=self.dtype, name=name)(x)
+        if output == "mixed_5c":
+            return x
+        mixed_5c = x
         win = tuple(cfg.pool_window)
         if any(w > s for w, s in zip(win, x.shape[1:4])):
             raise ValueError(
@@ -214,8 +233,9 @@ class InceptionI3d(nn.Module):
                 "I3D wants 16 x 224 x 224 clips (or a pool_window that fits the input)"
             )
         x = nn.avg_pool(x, win, strides=(1, 1, 1), padding="VALID")  # [B, T', H', W', C]
+        pool = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
         if output == "pool":
-            return jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+            return pool
         # Dropout sits here in training; it is the identity at inference.
         logits = Unit3D(
             cfg.num_classes,
@@ -226,7 +246,10 @@ class InceptionI3d(nn.Module):
             name="logits",
         )(x)
         # TF i3d squeezes the spatial axes (1 x 1 for 224 inputs) and averages logits over time.
-        return jnp.mean(logits.astype(jnp.float32), axis=(1, 2, 3))
+        logits = jnp.mean(logits.astype(jnp.float32), axis=(1, 2, 3))
+        if output == "all":
+            return {"mixed_5c": mixed_5c, "pool": pool, "logits": logits}
+        return logits
 
 
 def preprocess_videos(
