@@ -112,18 +112,17 @@ def _numpy_registry():
     return registry.create_type_handler_registry(*pairs)
 
 
-def _local_checkpointer() -> ocp.Checkpointer:
+def _local_checkpointer(compress: bool = True) -> ocp.Checkpointer:
     """A PyTree checkpointer that involves only this process: `save_params` writes host-local
     numpy trees, and in a multi-process run only one process calls it (orbax's default would
     wait at a barrier for all the others)."""
-    reg = _numpy_registry()
+    kw = {"type_handler_registry": _numpy_registry(), "use_compression": compress}
     if jax.process_count() == 1:
-        return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=reg))
+        return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw))
     me = jax.process_index()
     mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     return ocp.Checkpointer(
-        ocp.PyTreeCheckpointHandler(multiprocessing_options=mp, type_handler_registry=reg),
-        multiprocessing_options=mp,
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=mp, **kw), multiprocessing_options=mp
     )
 
 
@@ -160,6 +159,7 @@ def save_params(
     config: dict | None = None,
     *,
     files: Mapping[str, str | os.PathLike] | None = None,
+    compress: bool = True,
 ) -> Path:
     """Write `params` (+ `config.json`) to folder `path`, atomically (replaces an existing one).
 
@@ -168,11 +168,14 @@ def save_params(
       config: written as `config.json`, last.
       files: {name: source file} copied into the folder beside `params/` (e.g. a tokenizer
         vocabulary the model needs).
+      compress: zstd-compress the arrays. Trained float weights shrink by only ~10%, and while
+        compressing tensorstore holds an encoded copy of (most of) the tree: the converters of
+        big checkpoints pass False (no extra memory, about 3x faster).
     """
     path = Path(path).absolute()
     with staging_dir(path) as tmp:
         params = jax.tree.map(np.asarray, params)
-        with _local_checkpointer() as ckptr:
+        with _local_checkpointer(compress) as ckptr:
             ckptr.save(tmp / "params", args=ocp.args.PyTreeSave(params))
         for name, src in (files or {}).items():
             shutil.copyfile(src, tmp / name)

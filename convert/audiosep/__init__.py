@@ -331,5 +331,5 @@ def convert_file(src: str | Path, out: str | Path, *, trust_pickle: bool = False
         "separator": {"channels": list(FULL_CHANNELS), "sample_rate": 32000},
         "text": dataclasses.asdict(text_cfg),
     }
-    save_params(out, {"separator": separator, "text": text}, config)
+    save_params(out, {"separator": separator, "text": text}, config, compress=False)
     return config

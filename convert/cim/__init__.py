@@ -133,6 +133,6 @@ def convert_file(
     params = convert(sd, cfg)
     del sd
     config = {"model": "cim", "cim": cfg.to_dict(), "source": str(src)}
-    save_params(out, params, config)
+    save_params(out, params, config, compress=False)
     config["parameters"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return config

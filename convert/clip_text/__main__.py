@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     from maestro_jax.checkpoints import save_params
 
     meta = {**config.to_dict(), "model": "clip_text", "layout": layout, "source": str(src)}
-    save_params(out, params, meta)
+    save_params(out, params, meta, compress=False)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     print(f"wrote {out}: {layout} layout, {config.layers} blocks, {n:,} parameters")
     return 0

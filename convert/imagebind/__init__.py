@@ -292,6 +292,6 @@ def convert_file(
         "imagebind": cfg.to_dict(),
         "source": str(src),
     }
-    save_params(out, params, config)
+    save_params(out, params, config, compress=False)
     config["parameters"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return config

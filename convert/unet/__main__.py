@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         return cli.error(str(e))
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
     meta = {"unet": dataclasses.asdict(cfg), "kind": kind, "format": fmt, "source": str(src)}
-    save_params(out, params, meta)
+    save_params(out, params, meta, compress=False)
     print(f"wrote {out}: {kind}, {n:,} params")
     return 0
 

@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     from maestro_jax.checkpoints import save_params
 
     meta = {"model": "AutoencoderKL", "vae": cfg.to_dict(), "format": fmt, "source": str(src)}
-    save_params(out, params, meta)
+    save_params(out, params, meta, compress=False)
     n = sum(int(np.size(v)) for v in jax.tree.leaves(params))
     print(f"wrote {out} ({n:,} params)")
     return 0

@@ -42,7 +42,6 @@ The command is in `convert/videocrafter/__main__.py`.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.clip_text import convert_state_dict as convert_text
-from convert.common import ConversionError, load_state_dict, select_prefix
+from convert.common import ConversionError, free_memory, load_state_dict, select_prefix
 from convert.unet import convert_unet
 from convert.vae import convert_vae
 from maestro_jax.checkpoints import CONFIG_FILE, save_params, staging_dir
@@ -144,26 +143,26 @@ def convert_videocrafter(
     out = Path(out).absolute()
     with staging_dir(out, tag="partial") as tmp:
         unet = convert_unet(select_prefix(sd, PARTS[0]), unet_config, "ldm")
-        save_params(tmp / "unet", unet, {"unet": dataclasses.asdict(unet_config), "kind": "vc2",
-                                         "format": "ldm", "source": source,
-                                         "trained_frames": trained_frames})  # fmt: skip
+        meta = {"unet": dataclasses.asdict(unet_config), "kind": "vc2", "format": "ldm",
+                "source": source, "trained_frames": trained_frames}  # fmt: skip
+        save_params(tmp / "unet", unet, meta, compress=False)
         del unet
-        gc.collect()
+        free_memory()  # the UNet (5.65 GB) is on disk: give its memory back before the next part
         vae = convert_vae(sd, vae_config, "ldm")
-        save_params(tmp / "vae", vae, {"model": "AutoencoderKL", "vae": vae_config.to_dict(),
-                                       "source": source})  # fmt: skip
+        meta = {"model": "AutoencoderKL", "vae": vae_config.to_dict(), "source": source}
+        save_params(tmp / "vae", vae, meta, compress=False)
         del vae
-        gc.collect()
+        free_memory()
         text, text_config = convert_text(select_prefix(sd, PARTS[2]), text_config)
-        text_meta = {**text_config.to_dict(), "model": "clip_text", "layout": "openclip",
-                     "source": source}  # fmt: skip
+        meta = {**text_config.to_dict(), "model": "clip_text", "layout": "openclip",
+                "source": source}  # fmt: skip
         files = {}
         if bpe is not None:
-            text_meta |= {"tokenizer": "clip_bpe", "bpe": BPE_FILENAME, "bpe_sha256": _sha256(bpe)}
+            meta |= {"tokenizer": "clip_bpe", "bpe": BPE_FILENAME, "bpe_sha256": _sha256(bpe)}
             files[BPE_FILENAME] = bpe
-        save_params(tmp / "text", text, text_meta, files=files)
+        save_params(tmp / "text", text, meta, files=files, compress=False)
         del text
-        gc.collect()
+        free_memory()
         manifest = {
             "model": "videocrafter2",
             "parts": ["unet", "vae", "text"],
