@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from convert.common import TRUST_PICKLE_FLAG
 
@@ -78,10 +78,17 @@ def _terminate(signum, frame):  # noqa: ARG001
 
 
 def run(main: Callable[[list[str]], int]) -> None:
-    """`app.run(main)`, with SIGTERM (and SIGHUP) raising SystemExit."""
+    """`app.run(main)`, with SIGTERM (and SIGHUP) raising SystemExit, and absl logging at
+    WARNING unless --verbosity is given (orbax logs every step of a save at INFO)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
-    app.run(main)
+
+    def quiet_main(argv: list[str]) -> int:
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        return main(argv)
+
+    app.run(quiet_main)
 
 
 def call(main: Callable[[list[str]], int], argv: Sequence[str]) -> int:
