@@ -277,8 +277,9 @@ def convert_file(
 ) -> dict:
     """`imagebind_huge.pth` (or a .safetensors of it) -> the params folder OUT; returns its
     config.json. The file is memory-mapped and each converted tensor's pages are given back as
-    it goes, so the process holds about one float32 copy of the chosen modalities (4.8 GB for
-    all three of ImageBind-Huge) at its peak, while `save_params` writes that tree."""
+    it goes, so the process holds about one float32 copy of the chosen modalities (4.3 GB for
+    all three of ImageBind-Huge) at its peak, while `save_params` writes that tree (one orbax
+    checkpoint `{modality: params}`, the layout every reader of these folders expects)."""
     from maestro_jax.checkpoints import save_params
 
     cfg = cfg or ib.imagebind_huge()
