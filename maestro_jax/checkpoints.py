@@ -101,22 +101,29 @@ def staging_dir(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
 def _numpy_registry():
     """orbax's default type handlers, except that numpy arrays are written without orbax's
     defensive deep copy (it doubles the memory of a save; `save_params` writes synchronously, so
-    nothing can change an array while it is written)."""
-    from orbax.checkpoint._src.serialization import type_handler_registry as registry
-    from orbax.checkpoint._src.serialization import type_handlers
+    nothing can change an array while it is written). orbax keeps these names private: if they
+    move, saves fall back to the default registry (correct, only more memory)."""
+    try:
+        from orbax.checkpoint._src.serialization import type_handler_registry as registry
+        from orbax.checkpoint._src.serialization import type_handlers
 
-    pairs = [
-        (ty, type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray else h)
-        for ty, h in registry._DEFAULT_TYPE_HANDLERS
-    ]
-    return registry.create_type_handler_registry(*pairs)
+        pairs = [
+            (ty, type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray else h)
+            for ty, h in registry._DEFAULT_TYPE_HANDLERS
+        ]
+        return registry.create_type_handler_registry(*pairs)
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other orbax versions
+        return None
 
 
 def _local_checkpointer(compress: bool = True) -> ocp.Checkpointer:
     """A PyTree checkpointer that involves only this process: `save_params` writes host-local
     numpy trees, and in a multi-process run only one process calls it (orbax's default would
     wait at a barrier for all the others)."""
-    kw = {"type_handler_registry": _numpy_registry(), "use_compression": compress}
+    kw = {"use_compression": compress}
+    registry = _numpy_registry()
+    if registry is not None:
+        kw["type_handler_registry"] = registry
     if jax.process_count() == 1:
         return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw))
     me = jax.process_index()

@@ -307,6 +307,14 @@ def test_load_params_casts_floating_leaves_on_restore(tmp_path):
     assert same["w"].dtype == np.float32
 
 
+def test_numpy_leaves_are_saved_without_a_copy():
+    """save_params's no-deep-copy numpy handler uses orbax-private names; an orbax upgrade that
+    moves them falls back to the (copying) default, which this notices."""
+    from maestro_jax.checkpoints import _numpy_registry
+
+    assert _numpy_registry() is not None
+
+
 # ----------------------------------------------------------------------------- commands
 def test_every_command_loads_into_one_process():
     """Their absl flags do not clash (shared ones live in convert.cli)."""
