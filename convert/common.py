@@ -98,13 +98,173 @@ def reshape(shape: tuple[int, ...], then: Transform = identity) -> Transform:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_state_dict(path: str | os.PathLike, *, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Read a checkpoint into {key: numpy array} (cast to `dtype` for floating arrays).
+TRUST_PICKLE_FLAG = "--trust_pickle"
+# DeepSpeed (through Lightning) saves {"module": {"_forward_module.<key>": tensor}}; VideoCrafter's
+# `load_model_checkpoint` strips those 16 characters.
+DEEPSPEED_PREFIX = "_forward_module."
+
+
+class UnsafeCheckpointError(ConversionError):
+    """The checkpoint holds pickled Python objects that only an unrestricted unpickler loads."""
+
+
+def is_floating(dtype) -> bool:
+    """numpy floating types and ml_dtypes' bfloat16 (which numpy does not call floating)."""
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
+
+
+class _MappedFile:
+    """The address ranges of a checkpoint that torch mapped into memory (`mmap=True`), and the
+    loaded object that keeps the mapping alive.
+
+    `release(a)` drops the resident pages under array `a` from this process
+    (`madvise(MADV_DONTNEED)`): the mapping is private and never written, so a later read of those
+    pages just faults them in from the file again. Only whole pages inside the file's own mapping
+    are released; anything else (an anonymous allocation, another file) is never touched.
+    """
+
+    def __init__(self, path: Path, keep_alive: Any):
+        self.keep_alive = keep_alive
+        self.ranges = self._ranges(path)
+        self._madvise = self._libc_madvise() if self.ranges else None
+
+    @staticmethod
+    def _ranges(path: Path) -> list[tuple[int, int]]:
+        real, out = os.path.realpath(path), []
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].rstrip("\n") == real:
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        out.append((lo, hi))
+        except OSError:  # not Linux: nothing is released, which is only slower to free
+            return []
+        return out
+
+    @staticmethod
+    def _libc_madvise():
+        import ctypes
+        import mmap
+
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        return lambda addr, n: fn(addr, n, mmap.MADV_DONTNEED)
+
+    def release(self, a: np.ndarray) -> None:
+        if self._madvise is None or not (a.flags.c_contiguous or a.flags.f_contiguous):
+            return
+        import mmap
+
+        page = mmap.PAGESIZE
+        addr = a.__array_interface__["data"][0]
+        lo = -(-addr // page) * page
+        hi = (addr + a.nbytes) // page * page
+        if hi > lo and any(r0 <= lo and hi <= r1 for r0, r1 in self.ranges):
+            self._madvise(lo, hi - lo)
+
+
+class StateDict(dict):
+    """{key: numpy array}, as read by `load_state_dict`. Arrays read from a `.ckpt`/`.pth` are
+    views of the memory-mapped file (nothing is copied); `release(a)` gives the resident pages of
+    such an array back once it has been converted (a no-op for anything else)."""
+
+    mapped: _MappedFile | None = None
+
+    def release(self, a: np.ndarray) -> None:
+        if self.mapped is not None:
+            self.mapped.release(a)
+
+    def derive(self, items: Iterable[tuple[str, np.ndarray]]) -> StateDict:
+        """A new StateDict of `items` that shares this one's mapping."""
+        out = StateDict(items)
+        out.mapped = self.mapped
+        return out
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """torch.load, memory-mapped where the format allows it, `weights_only` unless the user
+    trusts the file: the unrestricted unpickler runs whatever code the file names."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the extra
+        raise ImportError(
+            f"reading {path.name} needs torch: pip install -e '.[convert]' "
+            "(a CPU wheel: torch==2.13.0)"
+        ) from e
+    import pickle
+    import zipfile
+
+    # mmap needs the zip format of torch >= 1.6; an older (legacy) file is read into memory.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            first = str(e).strip().splitlines()
+            why = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0])
+            raise UnsafeCheckpointError(
+                f"{path} holds pickled Python objects besides tensors, which the safe loader "
+                f"(torch.load weights_only=True) refuses: {why.strip()}\n"
+                f"Loading it would run code named by the file. Only if you trust where the file "
+                f"came from, pass {TRUST_PICKLE_FLAG} to load it with weights_only=False."
+            ) from None
+    return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
+
+
+def _unwrap(obj: Any, path: Path) -> Mapping:
+    """The state dict inside a checkpoint object: Lightning's {"state_dict": ...}, DeepSpeed's
+    {"module": ...} (its `_forward_module.` key prefix removed), {"model": ...}, or a bare one."""
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if isinstance(obj.get("state_dict"), Mapping):
+        return obj["state_dict"]
+    if isinstance(obj.get("module"), Mapping):
+        sd = obj["module"]
+        if sd and all(k.startswith(DEEPSPEED_PREFIX) for k in sd):
+            sd = {k[len(DEEPSPEED_PREFIX) :]: v for k, v in sd.items()}
+        return sd
+    if isinstance(obj.get("model"), Mapping):
+        return obj["model"]
+    return obj
+
+
+def _to_numpy(v: Any) -> np.ndarray | None:
+    """A torch tensor as a numpy array sharing its memory (bfloat16 via ml_dtypes); None for a
+    non-tensor value."""
+    import torch
+
+    if not isinstance(v, torch.Tensor):
+        return None
+    v = v.detach()
+    if v.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return v.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return v.numpy()
+
+
+def load_state_dict(
+    path: str | os.PathLike, *, dtype=np.float32, trust_pickle: bool = False
+) -> StateDict:
+    """Read a checkpoint into {key: numpy array}.
 
     - `.safetensors`: read without torch.
-    - `.ckpt` / `.pth` / `.pt` / `.bin`: needs torch (`pip install -e .[convert]`); a Lightning
-      `state_dict` or `model` wrapper is unwrapped.
+    - `.ckpt` / `.pth` / `.pt` / `.bin`: needs torch (`pip install -e .[convert]`). Memory-mapped
+      (`torch.load(mmap=True)`): the arrays are views of the file, nothing is read until used.
+      Loaded with `weights_only=True`: a file that pickles other Python objects is refused
+      (UnsafeCheckpointError) unless `trust_pickle`. The layouts of `_unwrap` are accepted.
     - a folder: every `*.safetensors` in it (diffusers layout), merged.
+
+    Args:
+      dtype: floating arrays are cast to it (arrays already of that dtype are not copied); None
+        keeps the stored dtypes (float16 / bfloat16 too), and `apply_table` casts leaf by leaf.
     """
     path = Path(path)
     if not path.exists():
@@ -113,44 +273,55 @@ def load_state_dict(path: str | os.PathLike, *, dtype=np.float32) -> dict[str, n
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise ConversionError(f"no *.safetensors file in folder {path}")
-        out: dict[str, np.ndarray] = {}
+        out = StateDict()
         for f in files:
             out.update(load_state_dict(f, dtype=dtype))
         return out
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        sd = load_file(str(path))
+        sd = StateDict(load_file(str(path)))
     elif path.suffix in (".ckpt", ".pth", ".pt", ".bin"):
-        try:
-            import torch
-        except ImportError as e:  # pragma: no cover - depends on the extra
-            raise ImportError(
-                f"reading {path.name} needs torch: pip install -e '.[convert]' "
-                "(a CPU wheel: torch==2.13.0)"
-            ) from e
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        for wrapper in ("state_dict", "model", "module"):
-            if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-                obj = obj[wrapper]
-                break
-        sd = {}
-        for k, v in obj.items():
-            if hasattr(v, "detach"):
-                v = v.detach().cpu()
-                if v.dtype == torch.bfloat16:
-                    v = v.float()
-                sd[k] = v.numpy()
+        obj = _torch_load(path, trust_pickle)
+        sd = StateDict()
+        for k, v in _unwrap(obj, path).items():
+            a = _to_numpy(v)
+            if a is not None:
+                sd[k] = a
+        sd.mapped = _MappedFile(path, obj)
     else:
         raise ConversionError(f"unknown checkpoint format: {path} (want .safetensors/.ckpt/.pth)")
-    return {
-        k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in sd.items()
-    }
+    if dtype is not None:
+        for k, v in sd.items():
+            if is_floating(v.dtype) and v.dtype != dtype:
+                sd[k] = v.astype(dtype)
+    return sd
+
+
+def free_memory() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc keeps them otherwise,
+    which a peak-RSS measure and the next part's allocations both see). A no-op elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def select_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    """The entries under `prefix`, with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    """The entries under `prefix`, with the prefix removed (a StateDict stays one)."""
+    items = ((k[len(prefix) :], v) for k, v in sd.items() if k.startswith(prefix))
+    return sd.derive(items) if isinstance(sd, StateDict) else dict(items)
+
+
+def strip_prefix_if_all(sd: Mapping[str, np.ndarray], prefix: str) -> Mapping[str, np.ndarray]:
+    """Drop `prefix` (e.g. DDP's `module.`) when every key has it; else `sd` unchanged."""
+    if sd and all(k.startswith(prefix) for k in sd):
+        return select_prefix(sd, prefix)
+    return sd
 
 
 def load_full_keys(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -204,6 +375,8 @@ def apply_table(
       table: {flax_path: (original_key, transform)}.
       target: the expected params tree; only shapes are used.
       ignore: regexes (full match) of original keys that are deliberately not used.
+      dtype: every leaf is cast to it; a leaf that is already a C-contiguous array of `dtype`
+        after its transform is not copied (it may be a view of `sd`).
     Raises:
       ConversionError naming every missing, unexpected or mis-shaped key.
     """
@@ -215,6 +388,7 @@ def apply_table(
     problems += [f"conversion table names {p}, which the module does not have" for p in extra_rows]
     used = set()
     out = {}
+    release = getattr(sd, "release", None)  # a memory-mapped StateDict frees converted pages
     for path, leaf in flat_target.items():
         if path not in table:
             continue
@@ -223,7 +397,8 @@ def apply_table(
             problems.append(f"missing key in checkpoint: {key} (for {path})")
             continue
         used.add(key)
-        w = transform(np.asarray(sd[key]))
+        src = np.asarray(sd[key])
+        w = transform(src)
         if tuple(w.shape) != tuple(leaf.shape):
             problems.append(
                 f"shape mismatch for {key}: checkpoint {tuple(sd[key].shape)} -> {tuple(w.shape)} "
@@ -231,7 +406,13 @@ def apply_table(
                 f"{tuple(leaf.shape)}"
             )
             continue
-        out[path] = w if shapes_only else np.array(w, dtype=dtype, order="C", copy=True)
+        if shapes_only:
+            out[path] = w
+            continue
+        # One copy at most (a transpose, a cast); a leaf that needs neither stays a view.
+        out[path] = np.asarray(w, dtype=dtype, order="C")
+        if release is not None and not np.may_share_memory(out[path], src):
+            release(src)
     unexpected = sorted(k for k in sd if k not in used and not _ignored(k, ignore))
     problems += [f"unexpected key in checkpoint: {k}" for k in unexpected]
     if problems:

@@ -122,18 +122,19 @@ def test_vs_float64_eps_and_gelu(fixture, tiny_cfg):
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli(fixture, tiny_cfg, tmp_path):
+    from convert.cim.__main__ import main
+    from convert.cli import call
     from maestro_jax.checkpoints import load_params
 
     src = str(fixture / "state_dict.safetensors")
-    assert (
-        conv.main([src, str(tmp_path / "cim"), "--torch-config", str(fixture / "config.json")]) == 0
-    )
+    argv = [src, str(tmp_path / "cim"), "--torch_config", str(fixture / "config.json")]
+    assert call(main, argv) == 0
     params, cfg = load_params(tmp_path / "cim")
     assert cfg["cim"]["depth"] == 2 and cfg["cim"]["num_queries"] == 3
     want = conv.convert(load_state_dict(fixture / "state_dict.safetensors"), tiny_cfg)
     jax.tree.map(np.testing.assert_array_equal, want, params)
     # without a config the release sizes apply: the tiny weights are refused, by key
-    assert conv.main([src, str(tmp_path / "bad")]) == 1
+    assert call(main, [src, str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad").exists()
 
 

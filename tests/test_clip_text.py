@@ -389,11 +389,13 @@ def test_convert_strict_and_prefixes(oc_fixture):
 def test_cli_roundtrip(oc_fixture, fixtures_dir, tmp_path):
     from safetensors.numpy import save_file
 
+    from convert.cli import call
+    from convert.clip_text.__main__ import main
     from maestro_jax.checkpoints import load_params
 
     sd, _, params, config = oc_fixture
     src = fixtures_dir / "openclip_text" / "state_dict.safetensors"
-    assert conv.main([str(src), str(tmp_path / "oc"), "--heads", "4"]) == 0
+    assert call(main, [str(src), str(tmp_path / "oc"), "--heads", "4"]) == 0
     loaded, meta = load_params(tmp_path / "oc")
     assert ct.ClipTextConfig.from_dict(meta) == config and meta["layout"] == "openclip"
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
@@ -402,6 +404,6 @@ def test_cli_roundtrip(oc_fixture, fixtures_dir, tmp_path):
     te.mkdir(parents=True)
     save_file(_to_hf(sd, 64, 2), str(te / "model.safetensors"))
     (te / "config.json").write_text('{"num_attention_heads": 4, "hidden_act": "gelu"}')
-    assert conv.main([str(tmp_path / "sd21"), str(tmp_path / "hf")]) == 0
+    assert call(main, [str(tmp_path / "sd21"), str(tmp_path / "hf")]) == 0
     _, meta = load_params(tmp_path / "hf")
     assert (meta["layers"], meta["trimmed"], meta["heads"]) == (2, 1, 4)

@@ -81,3 +81,16 @@ def test_save_load_params_atomic(tmp_path):
     assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
     with pytest.raises(FileNotFoundError, match="no converted params"):
         load_params(tmp_path / "nope")
+
+
+def test_apply_table_copies_only_what_needs_it():
+    """A float32 leaf whose transform is the identity stays a view of the checkpoint array; a
+    transposed or cast one is one fresh C-contiguous float32 array."""
+    sd = _sd()
+    sd["conv.bias"] = sd["conv.bias"].astype(np.float16)
+    p = common.apply_table(sd, TABLE, _target())
+    assert np.shares_memory(p["fc"]["bias"], sd["fc.bias"])
+    for leaf, key in ((p["fc"]["kernel"], "fc.weight"), (p["conv"]["bias"], "conv.bias")):
+        assert leaf.dtype == np.float32 and leaf.flags.c_contiguous
+        assert not np.shares_memory(leaf, sd[key])
+    np.testing.assert_array_equal(p["conv"]["bias"], sd["conv.bias"].astype(np.float32))

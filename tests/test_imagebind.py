@@ -238,18 +238,21 @@ def test_audio_stem_eps(tiny_audio, tiny_cfg):
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_params(fixture, tiny_cfg, tmp_path):
+    from convert.cli import call
+    from convert.imagebind.__main__ import main
     from maestro_jax.checkpoints import load_params
 
     out = tmp_path / "ib"
-    rc = conv.main(
+    rc = call(
+        main,
         [
             str(fixture / "state_dict.safetensors"),
             str(out),
             "--modalities",
             "audio",
-            "--torch-config",
+            "--torch_config",
             str(fixture / "config.json"),
-        ]
+        ],
     )
     assert rc == 0
     params, cfg = load_params(out)
@@ -257,4 +260,4 @@ def test_cli_writes_params(fixture, tiny_cfg, tmp_path):
     want = conv.convert(load_state_dict(fixture / "state_dict.safetensors"), tiny_cfg, ("audio",))
     jax.tree.map(np.testing.assert_array_equal, want, params)
     assert dataclasses.replace(tiny_cfg).audio_width == cfg["imagebind"]["audio_width"]
-    assert conv.main([str(fixture / "state_dict.safetensors"), str(out), "--modalities", "x"]) == 2
+    assert call(main, [str(fixture / "state_dict.safetensors"), str(out), "--modalities", "x"]) == 2

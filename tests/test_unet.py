@@ -155,13 +155,14 @@ def test_load_unet_params_ignores_other_parts(tmp_path, fixtures_dir, vc2):
 
 
 def test_cli_writes_params_and_config(tmp_path, fixtures_dir, capsys):
-    from convert.unet import main
+    from convert.cli import call
+    from convert.unet.__main__ import main
     from maestro_jax.checkpoints import load_params
 
     fx = fixtures_dir / "sd21_unet"
     out = tmp_path / "sd21"
-    args = ["--kind", "sd21", "--ldm-config", str(fx / "config.json")]
-    assert main([*args, str(fx / "state_dict_diffusers.safetensors"), str(out)]) == 0
+    args = ["--kind", "sd21", "--ldm_config", str(fx / "config.json")]
+    assert call(main, [*args, str(fx / "state_dict_diffusers.safetensors"), str(out)]) == 0
     params, meta = load_params(out)
     assert meta["kind"] == "sd21_diffusers"
     cfg = UNetConfig(**meta["unet"])
@@ -171,7 +172,8 @@ def test_cli_writes_params_and_config(tmp_path, fixtures_dir, capsys):
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)))
     # the full-size preset refuses the tiny weights, naming the keys
     assert (
-        main(["--kind", "sd21", str(fx / "state_dict_ldm.safetensors"), str(tmp_path / "x")]) == 1
+        call(main, ["--kind", "sd21", str(fx / "state_dict_ldm.safetensors"), str(tmp_path / "x")])
+        == 1
     )
     assert "shape mismatch for model.diffusion_model." in capsys.readouterr().err
 

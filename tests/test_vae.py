@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,21 +187,24 @@ def test_diffusers_conversion_equals_ldm(fx):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_cli_writes_params(fx, tmp_path):
+def test_cli_writes_params(fx, tmp_path, capsys):
     from safetensors.numpy import save_file
 
-    from convert.vae import main
+    from convert.cli import call
+    from convert.vae.__main__ import main
     from maestro_jax.checkpoints import load_params
 
     _, cfg, sd, params = fx
     # The CLI builds the full-size config: a tiny checkpoint must fail loudly, naming keys.
     src = tmp_path / "vae.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(src))
-    with pytest.raises(ConversionError, match="shape mismatch|missing key"):
-        main([str(src), str(tmp_path / "out")])
-    assert main([str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
+    assert call(main, [str(src), str(tmp_path / "out")]) == 1
+    assert re.search("shape mismatch|missing key", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    assert call(main, [str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
     # with the fixture's config it converts and writes what convert_vae gives
-    assert main([str(src), str(tmp_path / "out"), "--config", str(fx[0] / "config.json")]) == 0
+    argv = [str(src), str(tmp_path / "out"), "--ldm_config", str(fx[0] / "config.json")]
+    assert call(main, argv) == 0
     loaded, meta = load_params(tmp_path / "out")
     assert meta["vae"]["ch_mult"] == [1, 2] and meta["format"] == "ldm"
     a, b = flatten(params), flatten(loaded)

@@ -11,7 +11,7 @@ Parameter names mirror the original module tree with '.' -> '_' (e.g. `input_blo
 in_layers_2/kernel` is `input_blocks.1.0.in_layers.2.weight`); layer indices inside each block are
 those of the original for the same config (`unet_layout`), so SD's `middle_block_2` is VC's
 `middle_block.3` automatically. Exceptions: `temporal_conv` (the checkpoint spells it
-`temopral_conv`) and `init_attn` (`init_attn.0`). The converters in `convert/unet.py` map these.
+`temopral_conv`) and `init_attn` (`init_attn.0`). The converters in `convert/unet/` map these.
 
 Numerics (spec 1.4): ResBlock / out GroupNorm eps 1e-5 per frame; TemporalConvBlock GroupNorm eps
 1e-5 pooled over frames; Spatial/Temporal transformer GroupNorm eps 1e-6 (temporal pooled over

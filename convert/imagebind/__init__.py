@@ -1,7 +1,8 @@
 """ImageBind `imagebind_huge.pth` -> Flax params of `maestro_jax.models.imagebind`.
 
     python -m convert.imagebind imagebind_huge.pth OUT [--modalities audio,vision,text]
-        [--torch-config config.json]   # other sizes: ImageBindModel kwargs (default: huge)
+        [--torch_config config.json]   # other sizes: ImageBindModel kwargs (default: huge)
+        [--trust_pickle]               # see convert.common.load_state_dict
 
 The output params tree is `{modality: params}` for the chosen modalities (default all three).
 The checkpoint holds six modalities; the depth, thermal and IMU keys are ignored **by name**
@@ -10,13 +11,12 @@ text branch's causal `mask` buffer is not a parameter: it is checked to be the c
 and then dropped. Everything else must map one to one, at the right shapes.
 
 `verify_imagebind_audio(fixture_dir)` checks the port against the `imagebind_audio` fixture.
+`convert_file` is what the command (`convert/imagebind/__main__.py`) runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from convert.common import (
     linear,
     load_full_keys,
     load_state_dict,
+    strip_prefix_if_all,
 )
 from maestro_jax.models import imagebind as ib
 
@@ -265,59 +266,33 @@ def verify_imagebind_audio(fixture_dir: Path) -> list:
     return checks
 
 
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    ap.add_argument("src", type=Path, help="imagebind_huge.pth (or a .safetensors of it)")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    ap.add_argument(
-        "--modalities",
-        default=",".join(MODALITIES),
-        help="comma-separated subset of audio,vision,text (default: all three)",
-    )
-    ap.add_argument(
-        "--torch-config",
-        type=Path,
-        default=None,
-        help="JSON of ImageBindModel constructor kwargs (or a fixture config.json with "
-        "'constructor_kwargs'); default imagebind_huge",
-    )
-    args = ap.parse_args(argv)
-    mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    try:
-        mods = _check_modalities(mods)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.src.exists():
-        print(f"error: checkpoint {args.src} not found", file=sys.stderr)
-        return 2
-    cfg = ib.imagebind_huge()
-    if args.torch_config is not None:
-        with open(args.torch_config) as f:
-            kw = json.load(f)
-        cfg = ib.ImageBindConfig.from_torch_kwargs(kw.get("constructor_kwargs", kw))
-    sd = load_state_dict(args.src)
-    if sd and all(k.startswith("module.") for k in sd):  # a DDP-wrapped save
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    try:
-        params = convert(sd, cfg, mods)
-    except ConversionError as e:
-        print(f"error: {args.src} does not match the ImageBind config:\n{e}", file=sys.stderr)
-        return 1
+# ----------------------------------------------------------------------------- files
+def convert_file(
+    src: str | Path,
+    out: str | Path,
+    cfg: ib.ImageBindConfig | None = None,
+    modalities: Sequence[str] = MODALITIES,
+    *,
+    trust_pickle: bool = False,
+) -> dict:
+    """`imagebind_huge.pth` (or a .safetensors of it) -> the params folder OUT; returns its
+    config.json. The file is memory-mapped and each converted tensor's pages are given back as
+    it goes, so the process holds about one float32 copy of the chosen modalities (4.3 GB for
+    all three of ImageBind-Huge) at its peak, while `save_params` writes that tree (one orbax
+    checkpoint `{modality: params}`, the layout every reader of these folders expects)."""
     from maestro_jax.checkpoints import save_params
 
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    cfg = cfg or ib.imagebind_huge()
+    mods = _check_modalities(modalities)
+    sd = strip_prefix_if_all(load_state_dict(src, dtype=None, trust_pickle=trust_pickle), "module.")
+    params = convert(sd, cfg, mods)
+    del sd
     config = {
         "model": "imagebind",
         "modalities": list(mods),
         "imagebind": cfg.to_dict(),
-        "source": str(args.src),
+        "source": str(src),
     }
-    save_params(args.out, params, config)
-    print(f"wrote {args.out}: {', '.join(mods)}, {n:,} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    save_params(out, params, config, compress=False)
+    config["parameters"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return config

@@ -5,12 +5,13 @@
     python -m convert.unet --kind sd21 stable-diffusion-2-1-base/unet out/sd21_unet  # diffusers
 
 `--kind sd21` detects the format from the keys (`--format ldm|diffusers` forces it); a diffusers
-pipeline folder is accepted too (its `unet/` subfolder is read). `--ldm-config FILE` (JSON: the
+pipeline folder is accepted too (its `unet/` subfolder is read). `--ldm_config FILE` (JSON: the
 yaml's `unet_config.params`, or a fixture's config.json holding them under "params") replaces
 the full-size preset, e.g. for another VideoCrafter/SD variant. The output folder holds orbax
 params plus `config.json` = {"unet": asdict(UNetConfig), "kind", "format", "source"}.
-Reading `.ckpt` needs torch (`pip install -e .[convert]`); `.safetensors` and diffusers folders
-do not.
+Reading `.ckpt` needs torch (`pip install -e .[convert]`; memory-mapped, `weights_only`: a file
+that pickles other Python objects needs `--trust_pickle`, see `convert.common`); `.safetensors`
+and diffusers folders do not. The command is in `convert/unet/__main__.py`.
 
 Three name tables, all derived from the config's block layout (`unet_layout`), so index shifts
 come out by construction:
@@ -31,12 +32,9 @@ softmax is always float32, so both SD 2.1 variants load the same way.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -216,7 +214,7 @@ def _detect_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> str:
     return prefix if any(k.startswith(prefix) for k in sd) else ""
 
 
-def _detect_format(sd: Mapping[str, np.ndarray]) -> str:
+def detect_format(sd: Mapping[str, np.ndarray]) -> str:
     if any(k.startswith(("down_blocks.", "mid_block.")) for k in sd):
         return "diffusers"
     return "ldm"
@@ -236,13 +234,19 @@ def convert_unet(
     return apply_table(sd, table, target, ignore=ignore)
 
 
-def _diffusers_path(path: Path) -> Path:
+def diffusers_path(path: Path) -> Path:
     if path.is_dir() and (path / "unet").is_dir():
         return path / "unet"  # a pipeline folder
     return path
 
 
-def load_unet_params(path: str | Path, kind: str = "vc2", config: UNetConfig | None = None) -> dict:
+def load_unet_params(
+    path: str | Path,
+    kind: str = "vc2",
+    config: UNetConfig | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> dict:
     """Read a real checkpoint into Flax params for `UNet(config)`.
 
     Args:
@@ -252,6 +256,7 @@ def load_unet_params(path: str | Path, kind: str = "vc2", config: UNetConfig | N
         `model.diffusion_model.*` is used, the VAE/text-encoder/schedule keys are ignored by name.
       kind: 'vc2' | 'sd21_ldm' | 'sd21_diffusers'.
       config: defaults to `UNetConfig.vc2()` / `UNetConfig.sd21()`.
+      trust_pickle: see `convert.common.load_state_dict`.
     Returns:
       the params tree (numpy float32).
     """
@@ -261,7 +266,8 @@ def load_unet_params(path: str | Path, kind: str = "vc2", config: UNetConfig | N
         config = UNetConfig.vc2() if kind == "vc2" else UNetConfig.sd21()
     path = Path(path)
     fmt = "diffusers" if kind == "sd21_diffusers" else "ldm"
-    sd = load_state_dict(_diffusers_path(path) if fmt == "diffusers" else path)
+    src = diffusers_path(path) if fmt == "diffusers" else path
+    sd = load_state_dict(src, dtype=None, trust_pickle=trust_pickle)
     if kind == "vc2" and not any(".temopral_conv." in k for k in sd):
         raise ConversionError(
             f"{path} has no VideoCrafter temporal layers; is it an SD checkpoint?"
@@ -353,65 +359,3 @@ def _check_diffusers_config(path: Path, cfg: UNetConfig) -> None:
     bad = {k: (dc.get(k), v) for k, v in want.items() if dc.get(k) != v}
     if bad:
         raise ConversionError(f"{path}: diffusers config disagrees with the LDM config: {bad}")
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--kind", choices=("vc2", "sd21"), required=True)
-    ap.add_argument("--format", choices=("auto", "ldm", "diffusers"), default="auto")
-    ap.add_argument("--ldm-config", type=Path, default=None, help="JSON of the LDM UNet kwargs")
-    ap.add_argument("src", type=Path, help="checkpoint file or diffusers folder")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    args = ap.parse_args(argv)
-    from maestro_jax.checkpoints import save_params
-
-    if not args.src.exists():
-        print(f"error: {args.src} does not exist", file=sys.stderr)
-        return 2
-    ldm_params = None
-    if args.ldm_config is not None:
-        with open(args.ldm_config) as f:
-            ldm_params = json.load(f)
-        ldm_params = ldm_params.get("params", ldm_params)
-    if args.kind == "vc2":
-        if args.format == "diffusers":
-            print("error: VideoCrafter2 has no diffusers format", file=sys.stderr)
-            return 2
-        kind = "vc2"
-        cfg = UNetConfig.from_ldm_vc(ldm_params) if ldm_params else UNetConfig.vc2()
-    else:
-        fmt = args.format
-        if fmt == "auto":
-            src = _diffusers_path(args.src)
-            fmt = "diffusers" if src.is_dir() else _detect_format(_peek_keys(src))
-        kind = f"sd21_{fmt}"
-        cfg = UNetConfig.from_ldm_sd(ldm_params) if ldm_params else UNetConfig.sd21()
-    try:
-        params = load_unet_params(args.src, kind, cfg)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
-    save_params(
-        args.out,
-        params,
-        {"unet": dataclasses.asdict(cfg), "kind": kind, "source": str(args.src)},
-    )
-    print(f"wrote {args.out}: {kind}, {n:,} params")
-    return 0
-
-
-def _peek_keys(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "np") as f:
-            return dict.fromkeys(f.keys())
-    return load_state_dict(path)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

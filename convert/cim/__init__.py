@@ -1,6 +1,6 @@
 """Maestro CIM `perceiver.pth` -> Flax params of `maestro_jax.models.cim.CIM`.
 
-    python -m convert.cim perceiver.pth OUT [--torch-config config.json]
+    python -m convert.cim perceiver.pth OUT [--torch_config config.json] [--trust_pickle]
 
 The released file is the bare `AudioResampler.state_dict()` (keys `latents`, `proj_in.*`,
 `proj_out.*`, `norm_out.*`, `layers.i.0.{norm1,norm2,to_q,to_kv,to_out}`, `layers.i.1.{0,1,3}`;
@@ -9,15 +9,14 @@ defensively. The depth is read from the checkpoint's `layers.N` keys; every othe
 the release config (`CIMConfig.release()`), strictly.
 
 `verify_cim_resampler(fixture_dir)` checks the port against the `cim_resampler` fixture.
+`convert_file` is what the command (`convert/cim/__main__.py`) runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from convert.common import (
     linear,
     load_full_keys,
     load_state_dict,
+    strip_prefix_if_all,
 )
 from maestro_jax.models import cim as cim_lib
 
@@ -66,11 +66,9 @@ def cim_table(cfg: cim_lib.CIMConfig) -> Table:
     return t
 
 
-def strip_module_prefix(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def strip_module_prefix(sd: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     """Drop one leading `module.` if every key has it (a DDP-wrapped save)."""
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
-    return dict(sd)
+    return strip_prefix_if_all(sd, "module.")
 
 
 def depth_of(sd: Mapping[str, np.ndarray]) -> int:
@@ -118,40 +116,23 @@ def verify_cim_resampler(fixture_dir: Path) -> list:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Convert Maestro's perceiver.pth (the CIM).")
-    ap.add_argument("src", type=Path, help="perceiver.pth (or a .safetensors of it)")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    ap.add_argument(
-        "--torch-config",
-        type=Path,
-        default=None,
-        help="JSON of AudioResampler constructor kwargs (or a fixture config.json with "
-        "'constructor_kwargs'); default: the release sizes with the checkpoint's depth",
-    )
-    args = ap.parse_args(argv)
-    if not args.src.exists():
-        print(f"error: checkpoint {args.src} not found", file=sys.stderr)
-        return 2
-    sd = strip_module_prefix(load_state_dict(args.src))
-    try:
-        if args.torch_config is not None:
-            with open(args.torch_config) as f:
-                kw = json.load(f)
-            cfg = cim_lib.CIMConfig.from_torch_kwargs(kw.get("constructor_kwargs", kw))
-        else:
-            cfg = dataclasses.replace(cim_lib.CIMConfig.release(), depth=depth_of(sd))
-        params = convert(sd, cfg)
-    except ValueError as e:  # ConversionError or a bad --torch-config
-        print(f"error: {args.src} does not match the CIM config:\n{e}", file=sys.stderr)
-        return 1
+def convert_file(
+    src: str | Path,
+    out: str | Path,
+    cfg: cim_lib.CIMConfig | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> dict:
+    """`perceiver.pth` (or a .safetensors of it) -> the params folder OUT; returns its
+    config.json. `cfg` None: the release sizes with the checkpoint's depth."""
     from maestro_jax.checkpoints import save_params
 
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    save_params(args.out, params, {"model": "cim", "cim": cfg.to_dict(), "source": str(args.src)})
-    print(f"wrote {args.out}: CIM depth {cfg.depth}, {n:,} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sd = strip_module_prefix(load_state_dict(src, dtype=None, trust_pickle=trust_pickle))
+    if cfg is None:
+        cfg = dataclasses.replace(cim_lib.CIMConfig.release(), depth=depth_of(sd))
+    params = convert(sd, cfg)
+    del sd
+    config = {"model": "cim", "cim": cfg.to_dict(), "source": str(src)}
+    save_params(out, params, config, compress=False)
+    config["parameters"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return config

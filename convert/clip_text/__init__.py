@@ -3,6 +3,7 @@ for it (`openclip_text`) and for the CLIP tokenizer (`clip_tokenizer`).
 
     python -m convert.clip_text checkpoints/base_512_v2/model.ckpt out/clip_text
     python -m convert.clip_text stable-diffusion-2-1/ out/clip_text_sd21     # diffusers folder
+        [--heads N] [--hf_trimmed 1] [--trust_pickle]
 
 Two source layouts map into the same Flax tree:
 - open_clip / LDM (VideoCrafter2 `model.ckpt`, SD 2.x `.ckpt`): keys under
@@ -18,10 +19,8 @@ Two source layouts map into the same Flax tree:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -259,10 +258,11 @@ def verify_clip_tokenizer(fixture_dir: Path) -> list[Check]:
     ]
 
 
-# ----------------------------------------------------------------------------- CLI
-def _read_source(src: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """State dict + the HF config.json (empty if none) of a file, a diffusers pipeline folder
-    (uses its text_encoder/) or a text_encoder folder."""
+# ----------------------------------------------------------------------------- sources
+def read_source(src: Path, *, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """State dict (stored dtypes, memory-mapped where possible) + the HF config.json (empty if
+    none) of a file, a diffusers pipeline folder (uses its text_encoder/) or a text_encoder
+    folder."""
     hf_cfg: dict = {}
     if src.is_dir():
         if (src / "text_encoder").is_dir():
@@ -274,45 +274,5 @@ def _read_source(src: Path) -> tuple[dict[str, np.ndarray], dict]:
             bins = sorted(src.glob("*.bin"))
             if not bins:
                 raise ConversionError(f"no *.safetensors or *.bin weights in {src}")
-            return load_state_dict(bins[0]), hf_cfg
-    return load_state_dict(src), hf_cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("src", type=Path, help="model.ckpt / .safetensors / SD 2.x diffusers folder")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    ap.add_argument("--heads", type=int, default=None, help="attention heads (default width/64)")
-    ap.add_argument(
-        "--hf-trimmed",
-        type=int,
-        default=1,
-        help="blocks cut off the original tower in an HF/diffusers text_encoder (SD 2.x: 1)",
-    )
-    args = ap.parse_args(argv)
-    if not args.src.exists():
-        print(f"error: {args.src} does not exist", file=sys.stderr)
-        return 2
-    sd, hf_cfg = _read_source(args.src)
-    heads = args.heads or hf_cfg.get("num_attention_heads")
-    if hf_cfg:
-        act = hf_cfg.get("hidden_act", "gelu")
-        if act != "gelu":
-            raise ConversionError(f"hidden_act {act!r}: only exact GELU ('gelu') is supported")
-    layout, _ = detect_layout(sd)
-    params, config = convert_state_dict(sd, heads=heads, hf_trimmed=args.hf_trimmed)
-    if hf_cfg.get("layer_norm_eps", 1e-5) != config.ln_eps:
-        raise ConversionError(f"layer_norm_eps {hf_cfg['layer_norm_eps']} != {config.ln_eps}")
-    from maestro_jax.checkpoints import save_params  # noqa: PLC0415
-
-    meta = {**config.to_dict(), "model": "clip_text", "layout": layout, "source": str(args.src)}
-    save_params(args.out, params, meta)
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    print(f"wrote {args.out}: {layout} layout, {config.layers} blocks, {n:,} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            return load_state_dict(bins[0], dtype=None, trust_pickle=trust_pickle), hf_cfg
+    return load_state_dict(src, dtype=None, trust_pickle=trust_pickle), hf_cfg

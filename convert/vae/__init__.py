@@ -3,6 +3,9 @@
     python -m convert.vae checkpoints/base_512_v2/model.ckpt out/vae            # LDM (VC2, SD)
     python -m convert.vae sd21/vae out/vae --format diffusers                   # diffusers folder
 
+    [--ldm_config FILE]  # the yaml's first_stage_config params as JSON (default: the SD/VC2 VAE)
+    [--trust_pickle]     # see convert.common.load_state_dict
+
 LDM keys may carry the `first_stage_model.` prefix (the VC2 `model.ckpt` does; every other key of
 that file is ignored). Diffusers keys follow spec 2.2: `decoder.up.{n-1-i}` -> `up_blocks.i`,
 `nin_shortcut` -> `conv_shortcut`, mid attention `to_q/k/v/to_out.0` as Linear (C, C) where
@@ -11,9 +14,7 @@ LDM has 1x1 convs.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from convert.common import (
     apply_table,
     conv1x1_as_linear,
     conv2d,
-    flatten,
     identity,
     linear,
     load_state_dict,
@@ -159,13 +159,13 @@ def convert_vae(
     """
     if prefix is None:
         prefix = LDM_PREFIX if fmt == "ldm" and any(k.startswith(LDM_PREFIX) for k in sd) else ""
-    sub = select_prefix(sd, prefix) if prefix else dict(sd)
+    sub = select_prefix(sd, prefix) if prefix else sd
     if not sub:
         raise ConversionError(f"no key with prefix {prefix!r} in the checkpoint")
     return apply_table(sub, vae_table(cfg, fmt), init_shapes(cfg))
 
 
-def _config_from_diffusers(path: Path) -> VAEConfig:
+def config_from_diffusers(path: Path) -> VAEConfig:
     cfg_file = path / "config.json" if path.is_dir() else path.with_name("config.json")
     if not cfg_file.exists():
         return VAEConfig.sd()
@@ -223,47 +223,3 @@ def verify_vc2_vae(fixture_dir: Path) -> list:
     if missing:
         raise KeyError(f"verify_vc2_vae does not compute fixture outputs {missing}")
     return [Check(k, nchw(outs[k]), io[k], tol=1e-4, metric="max_rel") for k in names]
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("src", type=Path, help="model.ckpt / .safetensors / diffusers vae folder")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    ap.add_argument("--format", choices=("ldm", "diffusers"), default="ldm")
-    ap.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="LDM first_stage_config as JSON ({'ddconfig', 'embed_dim'}, optionally under "
-        "'params'); default: the SD/VC2 VAE (ldm) or the folder's config.json (diffusers)",
-    )
-    args = ap.parse_args(argv)
-    for p in (args.src, args.config):
-        if p is not None and not p.exists():
-            print(f"error: {p} does not exist", file=sys.stderr)
-            return 2
-    if args.config is not None:
-        c = json.loads(args.config.read_text())
-        c = c.get("params", c)
-        cfg = VAEConfig.from_ldm(c["ddconfig"], c["embed_dim"])
-    elif args.format == "diffusers":
-        cfg = _config_from_diffusers(args.src)
-    else:
-        cfg = VAEConfig.sd()
-    sd = load_state_dict(args.src)
-    params = convert_vae(sd, cfg, args.format)
-    from maestro_jax.checkpoints import save_params
-
-    meta = {"model": "AutoencoderKL", "vae": cfg.to_dict(), "source": str(args.src)}
-    meta["format"] = args.format
-    save_params(args.out, params, meta)
-    n = sum(int(np.size(v)) for v in flatten(params).values())
-    print(f"wrote {args.out} ({n:,} params)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

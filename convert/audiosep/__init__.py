@@ -1,6 +1,6 @@
 """AudioSep checkpoint -> Flax: the ResUNet30 separator and the CLAP text query encoder.
 
-    python -m convert.audiosep audiosep_base_4M_steps.ckpt OUT_DIR
+    python -m convert.audiosep audiosep_base_4M_steps.ckpt OUT_DIR [--trust_pickle]
 
 `audiosep_base_4M_steps.ckpt` is a Lightning checkpoint; its `state_dict` holds
 - `ss_model.base.*`, `ss_model.film.*`: ResUNet30 (fixture `audiosep_resunet/`);
@@ -22,11 +22,9 @@ plus a config.json naming both configurations.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -318,26 +316,20 @@ def verify_clap_text(fixture_dir: Path) -> list[Check]:
     return checks
 
 
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", type=Path, help="audiosep_base_4M_steps.ckpt (or a .safetensors)")
-    ap.add_argument("out", type=Path, help="output folder (orbax params + config.json)")
-    args = ap.parse_args(argv)
-    sd = common.load_state_dict(args.src)
+# ----------------------------------------------------------------------------- files
+def convert_file(src: str | Path, out: str | Path, *, trust_pickle: bool = False) -> dict:
+    """`audiosep_base_4M_steps.ckpt` (or a .safetensors) -> the params folder OUT; returns its
+    config.json."""
+    sd = common.load_state_dict(src, dtype=None, trust_pickle=trust_pickle)
     separator = convert_separator(sd)
     text_cfg = ClapTextConfig()
     text = convert_text(sd, text_cfg)
+    del sd
     config = {
         "model": "audiosep",
-        "source": str(args.src),
+        "source": str(src),
         "separator": {"channels": list(FULL_CHANNELS), "sample_rate": 32000},
         "text": dataclasses.asdict(text_cfg),
     }
-    save_params(args.out, {"separator": separator, "text": text}, config)
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    save_params(out, {"separator": separator, "text": text}, config, compress=False)
+    return config

@@ -1,0 +1,46 @@
+"""benchmarks/peak_rss.py (behind benchmarks/real_size.py): one child command measured and
+tabled. Nothing about time is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def peak_rss():
+    spec = importlib.util.spec_from_file_location("peak_rss", REPO / "benchmarks" / "peak_rss.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("peak_rss", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_measured_and_table(peak_rss, tmp_path):
+    code = (
+        "import sys; from pathlib import Path\n"
+        "buf = bytearray(200_000_000); buf[::4096] = b'x' * len(buf[::4096])\n"
+        "Path(sys.argv[1], 'f.bin').write_bytes(b'y' * 1_000_000)\n"
+    )
+    ok = peak_rss.run_measured(
+        "alloc", [sys.executable, "-c", code, str(tmp_path)], watch_dir=tmp_path,
+        log_path=tmp_path.parent / "alloc.log",
+    )  # fmt: skip
+    assert ok.returncode == 0 and ok.status == "ok"
+    assert ok.peak_rss_bytes >= 200_000_000
+    assert ok.written_bytes == 1_000_000 and ok.wall_s > 0
+    bad = peak_rss.run_measured("fails", "exit 3", watch_dir=tmp_path)
+    assert bad.status == "exit 3" and bad.written_bytes == 0
+    killed = peak_rss.run_measured(
+        "big", [sys.executable, "-c", code + "import time; time.sleep(60)", str(tmp_path)],
+        max_rss_bytes=100_000_000,
+    )  # fmt: skip
+    assert killed.status.startswith("stopped: RSS over 0.1 GB")
+    table = peak_rss.format_table([ok, bad, killed]).splitlines()
+    assert table[0].startswith("| command | peak RSS (GB) | wall (s) | written (GB) | status |")
+    assert len(table) == 5 and table[2].startswith("| alloc | 0.2") and "exit 3" in table[3]
