@@ -345,6 +345,10 @@ def test_cli_runlocal(tmp_path, audio_dir):
 
 def test_cli_errors_before_compute(tmp_path, audio_dir):
     with pytest.raises(SystemExit, match="--checkpoint is required"):
-        separate_cli.main(["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(tmp_path)])
+        separate_cli.main(
+            ["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(tmp_path)]
+        )
     with pytest.raises(SystemExit, match="mixture not found"):
-        separate_cli.main(["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(tmp_path)])
+        separate_cli.main(
+            ["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(tmp_path)]
+        )

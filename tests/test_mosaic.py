@@ -536,7 +536,9 @@ def _rel(a, b):
 @pytest.mark.parametrize("background", mosaic.BACKGROUNDS)
 @pytest.mark.parametrize("boxes", [BOXES_A, BOXES_B], ids=["overlap", "gaps"])
 def test_mosaic_matches_naive_float64(env, boxes, background):
-    edit = mosaic.make_edit("mosaic", boxes=boxes, background=background, **env["kw"])
+    edit = mosaic.make_edit(
+        "mosaic", boxes=boxes, options=mosaic.MosaicOptions(background=background), **env["kw"]
+    )
     for hw in RES:
         out = env["run"](edit, env["qs"][hw], env["ctx"])
         assert out.shape == env["qs"][hw].shape
@@ -545,7 +547,9 @@ def test_mosaic_matches_naive_float64(env, boxes, background):
 
 @pytest.mark.parametrize("space", mosaic.LOCATE_SPACES)
 def test_locate_matches_numpy(env, space):
-    edit = mosaic.make_edit("locate", boxes=BOXES_A, locate_space=space, **env["kw"])
+    edit = mosaic.make_edit(
+        "locate", boxes=BOXES_A, options=mosaic.MosaicOptions(locate_space=space), **env["kw"]
+    )
     for hw in RES:
         out = env["run"](edit, env["qs"][hw], env["ctx"])
         ref = _np_locate(env, env["qs"][hw], hw, BOXES_A, space)
@@ -558,7 +562,9 @@ def test_uncond_rows_bitwise_plain_and_none_mode(env):
     n_f = env["n_f"]
     edits = [
         mosaic.make_edit("locate", boxes=BOXES_A, **env["kw"]),
-        mosaic.make_edit("mosaic", boxes=BOXES_B, background="null", **env["kw"]),
+        mosaic.make_edit(
+            "mosaic", boxes=BOXES_B, options=mosaic.MosaicOptions(background="null"), **env["kw"]
+        ),
         mosaic.make_edit("none", boxes=None, **env["kw"]),
     ]
     for hw in RES:
@@ -598,7 +604,8 @@ def test_jit_no_retrace_across_box_values(env):
     q = env["qs"][RES[1]]
     outs = []
     for boxes, strengthen in [(BOXES_A, 0.5), (BOXES_B, 0.5), (BOXES_B, 0.9)]:
-        e = mosaic.make_edit("locate", boxes=boxes, strengthen_scale=strengthen, **env["kw"])
+        opts = mosaic.MosaicOptions(strengthen_scale=strengthen)
+        e = mosaic.make_edit("locate", boxes=boxes, options=opts, **env["kw"])
         outs.append(np.asarray(f(e, q, env["ctx"])))
     assert len(traces) == 1
     assert np.abs(outs[0] - outs[1]).max() > 1e-3 and np.abs(outs[1] - outs[2]).max() > 1e-3
@@ -611,7 +618,7 @@ def test_phase_edits_and_sharding(env, cpu_mesh):
     rows = np.array([True, False, True, False])  # B = 4 -> 8 rows, split over 'data'
     locate, mos = mosaic.make_phase_edits(
         BOXES_A, BOXES_B, c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=NQ, resolutions=RES,
-        num_frames=n_f, edit_rows=rows, background="merge",
+        num_frames=n_f, edit_rows=rows, options=mosaic.MosaicOptions(background="merge"),
     )  # fmt: skip
     assert (locate.mode, mos.mode) == ("locate", "mosaic")
     rng = np.random.default_rng(3)

@@ -208,7 +208,7 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     ref_edit = mosaic.make_edit(
         "mosaic", boxes=[tuple(map(float, b)) for b in boxes[0, :2]], c_merge=c_sep[0],
         c_sep=c_sep, null_emb=null, n_q=2, resolutions=res, num_frames=f,
-        edit_rows=[True], background="null",
+        edit_rows=[True], options=mosaic.MosaicOptions(background="null"),
     )  # fmt: skip
     ref = ref_edit(q[:f], plain_ctx[:f], _project, scale=0.5, hw=(8, 8))
     np.testing.assert_allclose(np.asarray(out[:f]), np.asarray(ref), rtol=1e-6, atol=1e-6)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from maestro_jax import mosaic
 from maestro_jax.audio import separation
 from maestro_jax.generation import models as gen_models
 from maestro_jax.generation import sampling
@@ -35,7 +36,6 @@ class InputError(ValueError):
 
 
 def _layout(job: Job, cfg) -> tuple[tuple, tuple]:
-    from maestro_jax import mosaic
 
     boxes = job.boxes if job.boxes is not None else cfg.boxes
     if isinstance(boxes, str):
@@ -68,7 +68,6 @@ class Plan:
 def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
     """Every check that needs no model: raises JobError/InputError naming the problem."""
     from maestro_jax import audio as audio_lib
-    from maestro_jax import mosaic
 
     check_job_files(job)
     n_d = cfg.n_d if job.n_d is None else job.n_d
@@ -201,7 +200,7 @@ def _spec(cfg):
 
 def _options(cfg):
 
-    return sampling.MosaicOptions(**dict(cfg.mosaic))
+    return mosaic.MosaicOptions(**dict(cfg.mosaic))
 
 
 def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.ndarray, int]]:
@@ -271,7 +270,6 @@ def attention_resolutions(cfg) -> tuple[tuple[int, int], ...]:
     """The (h, w) of every attention level for the config's video size, from the model configs
     alone (the checkpoint folder's config.json files; no weights are read), so box checks run
     before anything is loaded or compiled."""
-    from maestro_jax import mosaic
 
     if cfg.model == "tiny":
         unet, vae, _ = gen_models.tiny_configs(cfg.dtype)

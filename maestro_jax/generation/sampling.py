@@ -152,28 +152,18 @@ def sample_t2v(
     return _sample_t2v(models.unet_params, cond, uncond, x_T, key, _static(models), settings)
 
 
-@dataclasses.dataclass(frozen=True)
-class MosaicOptions:
-    token_offset: int = 1
-    cell_rule: str = "centre"
-    background: str = "nearest"
-    sigma_divisor: float = 3.0
-    strengthen_scale: float = 0.5
-    weaken_scale: float = 0.05
-    locate_space: str = "logits"
-
-
 def build_edits(
     models: Models,
     tokens: jax.Array,
     locate_boxes: Sequence[Any],
     mosaic_boxes: Sequence[Any],
     spec: VideoSpec,
-    options: MosaicOptions = MosaicOptions(),
+    options: mosaic.MosaicOptions | None = None,
 ) -> tuple[jax.Array, jax.Array, mosaic.MosaicEdit, mosaic.MosaicEdit]:
     """Contexts and both phases' edits of one job: (C_merge, null [F, 77, D], locate, mosaic).
 
     Edit rows follow `ddim_sample`'s CFG batch [uncond; cond]: row 0 plain, row 1 edited."""
+    options = options or mosaic.MosaicOptions()
     null = null_context(models)
     n_a, _, n_q, _ = tokens.shape
     if len(locate_boxes) != n_a or len(mosaic_boxes) != n_a:
@@ -181,16 +171,12 @@ def build_edits(
             f"{n_a} sources but {len(locate_boxes)} locating / {len(mosaic_boxes)} mosaic boxes"
         )
     c_merge, c_sep = mosaic.build_contexts(null, tokens, spec.num_frames, options.token_offset)
-    kw = dict(
-        c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=n_q,
+    locate, mos = mosaic.make_phase_edits(
+        locate_boxes, mosaic_boxes, c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=n_q,
         resolutions=spec.resolutions(models), num_frames=spec.num_frames,
-        edit_rows=mosaic.cfg_edit_rows(1, 1, cond_first=False),
-        token_offset=options.token_offset, cell_rule=options.cell_rule,
-        background=options.background, sigma_divisor=options.sigma_divisor,
-        strengthen_scale=options.strengthen_scale, weaken_scale=options.weaken_scale,
-        locate_space=options.locate_space, attn_impl=models.unet_config.impl("cross"),
+        edit_rows=mosaic.cfg_edit_rows(1, 1, cond_first=False), options=options,
+        attn_impl=models.unet_config.impl("cross"),
     )  # fmt: skip
-    locate, mos = mosaic.make_phase_edits(locate_boxes, mosaic_boxes, **kw)
     null_f = jnp.broadcast_to(null, (spec.num_frames, *null.shape))
     return c_merge, null_f, locate, mos
 
@@ -253,7 +239,7 @@ def prepare_job(
     mosaic_boxes: Sequence[Any],
     spec: VideoSpec,
     seed: int,
-    options: MosaicOptions = MosaicOptions(),
+    options: mosaic.MosaicOptions | None = None,
 ) -> PreparedJob:
     spec.check(models)
     h, w = spec.latent_hw(models)
