@@ -24,20 +24,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from maestro_jax.files import replace_dir
+
 CONFIG_FILE = "config.json"
-
-
-def replace_dir(tmp: Path, path: Path) -> None:
-    """Put the finished folder `tmp` at `path` by renames (an existing `path` is moved aside
-    first and removed after), so readers see the old folder or the new one, never a mix."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,10 +12,12 @@ import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from maestro_jax.files import atomic_path
 
 # Distinct box colours for up to 8 sources (RGB).
 BOX_COLORS = np.array(
@@ -31,29 +33,6 @@ BOX_COLORS = np.array(
     ],
     np.uint8,
 )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it to `path`, else delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.",
-        suffix=suffix if suffix is not None else path.suffix,
-        dir=path.parent,
-    )
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

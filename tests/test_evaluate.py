@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maestro_jax import evaluate as ev
 from maestro_jax import plots
-from maestro_jax import sweep as sw
+from maestro_jax.evaluation import sweep as sw
 from maestro_jax.evaluation import config as eval_configs
+from maestro_jax.evaluation import report as eval_report
+from maestro_jax.evaluation import score as eval_score
+from maestro_jax.evaluation import videos as eval_videos
 from maestro_jax.video import read_png
 from tests.conftest import load_config_file
 
@@ -106,8 +108,8 @@ def test_nd_sweep_resumes_without_work(nd_sweep, capsys):
 
 def test_evaluate_with_reference(two_videos, tmp_path):
     cfg = eval_configs.get_config("runlocal")
-    res = ev.evaluate_dirs([("maestro", two_videos)], cfg, reference=two_videos)
-    js, md = ev.write_report(tmp_path / "e.json", res, cfg)
+    res = eval_score.evaluate_dirs([("maestro", two_videos)], cfg, reference=two_videos)
+    js, md = eval_report.write_report(tmp_path / "e.json", res, cfg)
     r = json.loads(js.read_text())
     assert r["n_videos"] == 2 and r["ia"]["n"] == 2 and r["av_align"]["n"] == 2
     assert r["av_align"]["rule"] == "2025" and 0 <= r["av_align"]["value"] <= 1
@@ -127,14 +129,14 @@ def test_evaluate_ia_options_and_rows(two_videos, nd_sweep):
     """Stems + per-segment IA differs from mixture IA; several folders give several rows."""
     _, out, _ = nd_sweep
     cfg = eval_configs.get_config("runlocal")
-    mix = ev.evaluate_dirs([("two", two_videos)], cfg)[0]
+    mix = eval_score.evaluate_dirs([("two", two_videos)], cfg)[0]
     cfg.ia_audio, cfg.ia_embedding = "stems", "segments"
-    stems = ev.evaluate_dirs([("two", two_videos), ("nd0", out / "n_d_0")], cfg)
+    stems = eval_score.evaluate_dirs([("two", two_videos), ("nd0", out / "n_d_0")], cfg)
     assert stems[0]["ia"]["audio"] == "stems" and stems[0]["ia"]["embedding"] == "segments"
     assert stems[0]["ia"]["n"] == 2 and stems[1]["ia"]["n"] == 1
     assert abs(stems[0]["ia"]["value"] - mix["ia"]["value"]) > 1e-6
     assert "fvd" not in mix
-    table = ev.markdown_table(stems)
+    table = eval_report.markdown_table(stems)
     assert "| two |" in table and "| nd0 |" in table and "FVD: – (no reference" in table
 
 
@@ -142,18 +144,18 @@ def test_bad_inputs(tmp_path, two_videos):
     cfg = eval_configs.get_config("runlocal")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ev.EvalError, match="no videos"):
-        ev.evaluate_dirs([("e", empty)], cfg)
-    with pytest.raises(ev.EvalError, match="not found"):
-        ev.evaluate_dirs([("x", tmp_path / "nope")], cfg)
-    with pytest.raises(ev.EvalError, match="at least 2 reference videos"):
-        ev.evaluate_dirs([("t", two_videos)], cfg, reference=empty)
+    with pytest.raises(eval_videos.EvalError, match="no videos"):
+        eval_score.evaluate_dirs([("e", empty)], cfg)
+    with pytest.raises(eval_videos.EvalError, match="not found"):
+        eval_score.evaluate_dirs([("x", tmp_path / "nope")], cfg)
+    with pytest.raises(eval_videos.EvalError, match="at least 2 reference videos"):
+        eval_score.evaluate_dirs([("t", two_videos)], cfg, reference=empty)
     cfg.ia_audio = "both"
-    with pytest.raises(ev.EvalError, match="ia_audio"):
-        ev.evaluate_dirs([("t", two_videos)], cfg)
+    with pytest.raises(eval_videos.EvalError, match="ia_audio"):
+        eval_score.evaluate_dirs([("t", two_videos)], cfg)
     full = eval_configs.get_config()
-    with pytest.raises(ev.EvalError, match="imagebind_checkpoint"):
-        ev.evaluate_dirs([("t", two_videos)], full)
+    with pytest.raises(eval_videos.EvalError, match="imagebind_checkpoint"):
+        eval_score.evaluate_dirs([("t", two_videos)], full)
     # the CLI: exit status 2 and the problem named, before any compute
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     r = subprocess.run(

@@ -113,7 +113,7 @@ def test_full_key_lists_of_both_layouts(fixtures_dir):
 
 
 def test_bn_eps_default_and_cli_flag_reach_the_fvd_extractor(fixtures_dir, tmp_path, capsys):
-    from maestro_jax import evaluate
+    from maestro_jax.evaluation import networks as evaluate
 
     assert BN_EPS == 1e-3 and I3DConfig().bn_eps == 1e-3
     src = fixtures_dir / "i3d" / "state_dict.safetensors"  # hassony2 naming, float16

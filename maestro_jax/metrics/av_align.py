@@ -46,6 +46,13 @@ HOP = 512  # onset_strength / frames_to_time default
 FLOW_FLOOR_2025 = 0.1
 RULES = ("2023", "2025")
 
+# How the two scoring rules read (for reports).
+AV_2023_NOTE = (
+    "2023 rule (TempoTokens 34d9502): one flow peak may absorb several audio onsets, so a raw "
+    "per-video score can exceed 1; for comparison with published numbers only"
+)
+AV_2025_NOTE = "2025 rule: each flow peak matched at most once, flow >= 0.1; an IoU in [0, 1]"
+
 
 # ----------------------------------------------------------------------------- media
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
