@@ -8,14 +8,14 @@ imports (see `convert/__init__.py`). Shared flags a command does not use are ref
 
 from __future__ import annotations
 
-import signal
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from convert.common import TRUST_PICKLE_FLAG
+from maestro_jax.cli import call, run  # noqa: F401  (the commands and tests use them)
+from maestro_jax.cli import error as _error
 
 TRUST_PICKLE = flags.DEFINE_bool(
     TRUST_PICKLE_FLAG.removeprefix("--"),
@@ -66,36 +66,5 @@ def positionals(argv: Sequence[str], *names: str) -> list[Path]:
 
 
 def error(msg: str, code: int = 1) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return code
-
-
-def _terminate(signum, frame):  # noqa: ARG001
-    # An exception, unlike the default action, unwinds the stack: the `finally`/`except` blocks
-    # of the writers remove their temporary folders. (SIGKILL cannot be caught; the next run of
-    # the same command removes what a killed one left, see maestro_jax.checkpoints.)
-    raise SystemExit(128 + signum)
-
-
-def run(main: Callable[[list[str]], int]) -> None:
-    """`app.run(main)`, with SIGTERM (and SIGHUP) raising SystemExit, and absl logging at
-    WARNING unless --verbosity is given (orbax logs every step of a save at INFO)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
-
-    def quiet_main(argv: list[str]) -> int:
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
-        return main(argv)
-
-    app.run(quiet_main)
-
-
-def call(main: Callable[[list[str]], int], argv: Sequence[str]) -> int:
-    """Run a command's `main` in this process, as `python -m ... ARGV` would (tests): parse the
-    flags, call, then reset every flag to its default."""
-    try:
-        rest = flags.FLAGS(["prog", *argv])
-        return main(rest)
-    finally:
-        flags.FLAGS.unparse_flags()
+    """Print `error: msg`; a conversion that failed exits 1 (bad arguments: 2)."""
+    return _error(msg, code)

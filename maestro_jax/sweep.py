@@ -46,7 +46,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "sweep config (configs/sweeps/{nd,nq,lambda1,modes}.py, configs/toy.py:sweep_nd)"
+    "config",
+    None,
+    "sweep config (configs/sweeps/{nd,nq,lambda1,modes}.py, configs/toy.py:sweep_nd)",
 )
 flags.mark_flags_as_required(["config"])
 

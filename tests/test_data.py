@@ -8,7 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
+from maestro_jax import files
+from maestro_jax.data import frames as F
 from maestro_jax.data import prepare as P
+from maestro_jax.data import tfds_format as TF
 from maestro_jax.data.synthetic import make_synthetic_videos, write_synthetic_dataset
 
 BPE = "clip_tokenizer/bpe_simple_vocab_16e6.txt.gz"
@@ -22,37 +25,37 @@ RES = 32
 
 def test_frame_indices_default_rule():
     # k = ceil(F / (S - 1)); the last index (S - 1) k is clamped to F - 1.
-    assert P.frame_indices(250) == [0, 63, 126, 189, 249]
-    assert P.frame_indices(80) == [0, 20, 40, 60, 79]
-    assert P.frame_indices(101) == [0, 26, 52, 78, 100]
-    assert P.frame_indices(3) == [0, 1, 2, 2, 2]
-    assert P.frame_indices(1) == [0] * 5
-    assert P.frame_indices(40, num_segments=9) == [0, 5, 10, 15, 20, 25, 30, 35, 39]
+    assert F.frame_indices(250) == [0, 63, 126, 189, 249]
+    assert F.frame_indices(80) == [0, 20, 40, 60, 79]
+    assert F.frame_indices(101) == [0, 26, 52, 78, 100]
+    assert F.frame_indices(3) == [0, 1, 2, 2, 2]
+    assert F.frame_indices(1) == [0] * 5
+    assert F.frame_indices(40, num_segments=9) == [0, 5, 10, 15, 20, 25, 30, 35, 39]
     with pytest.raises(ValueError, match="at least one frame"):
-        P.frame_indices(0)
+        F.frame_indices(0)
     with pytest.raises(ValueError, match="frames rule"):
-        P.frame_indices(10, rule="nope")
+        F.frame_indices(10, rule="nope")
 
 
 def test_frame_indices_release_rule():
-    idx = P.frame_indices(250, "release")
+    idx = F.frame_indices(250, "release")
     assert idx == [12, 37, 62, 87, 112, 137, 162, 187, 212, 237]
     # The 1/4 and 3/4 points of each of the S segments of F // S frames.
     f, s = 101, 5
     stride = f // s
-    got = P.frame_indices(f, "release", s)
-    assert len(got) == 2 * s == P.num_frames_for_rule("release", s)
+    got = F.frame_indices(f, "release", s)
+    assert len(got) == 2 * s == F.num_frames_for_rule("release", s)
     for i in range(s):
         a = i * stride
         assert abs(got[2 * i] - (a + stride / 4)) <= 1
         assert abs(got[2 * i + 1] - (a + 3 * stride / 4)) <= 1
-    assert P.num_frames_for_rule("default") == 5
+    assert F.num_frames_for_rule("default") == 5
 
 
 def test_flow_frame_indices():
-    assert P.flow_frame_indices(80, 8.0) == list(range(0, 80, 4))
-    assert P.flow_frame_indices(250, 25.0)[:4] == [0, 12, 25, 38]  # round(12.5) = 12
-    assert len(P.flow_frame_indices(250, 25.0)) == 20
+    assert F.flow_frame_indices(80, 8.0) == list(range(0, 80, 4))
+    assert F.flow_frame_indices(250, 25.0)[:4] == [0, 12, 25, 38]  # round(12.5) = 12
+    assert len(F.flow_frame_indices(250, 25.0)) == 20
 
 
 def test_resize_center_crop_geometry():
@@ -60,7 +63,7 @@ def test_resize_center_crop_geometry():
     # centre crop from column round((42 - 32) / 2) = 5.
     x = np.tile(np.arange(64, dtype=np.float64)[None, :] * 4, (48, 1))
     frames = np.repeat(np.round(x).astype(np.uint8)[None, ..., None], 3, axis=-1)[[0, 0]]
-    out = P.resize_center_crop(frames, 32)
+    out = F.resize_center_crop(frames, 32)
     assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
     # Bilinear on a ramp is the ramp at the sample centres (away from the border).
     cols = np.arange(32) + 5
@@ -73,12 +76,12 @@ def test_resize_center_crop_geometry():
     for h, w, oh, ow in [(36, 64, 51, 91), (90, 160, 32, 57), (37, 53, 37, 20)]:
         x = rng.integers(0, 255, (2, h, w, 3), dtype=np.uint8)
         ref = jax.image.resize(x.astype(np.float32), (2, oh, ow, 3), "bilinear", antialias=True)
-        np.testing.assert_allclose(P.resize_bilinear(x, oh, ow), np.asarray(ref), atol=2e-3)
-        crop = P.resize_bilinear(x, oh, ow, crop=(3, 5, 10, 12))
+        np.testing.assert_allclose(F.resize_bilinear(x, oh, ow), np.asarray(ref), atol=2e-3)
+        crop = F.resize_bilinear(x, oh, ow, crop=(3, 5, 10, 12))
         np.testing.assert_allclose(crop, np.asarray(ref)[:, 3:13, 5:17], atol=2e-3)
     # A picture already at the size is returned unchanged.
     same = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(P.resize_center_crop(same, 32), same)
+    np.testing.assert_array_equal(F.resize_center_crop(same, 32), same)
 
 
 # ==================================================================================================
@@ -105,7 +108,7 @@ def test_prepare_skips_and_logs_corrupt_file(prepared):
     assert s["jobs"] == 6 and s["processed"] == 6 and s["skipped"] == 0
     assert s["clips_written"] == 6  # 5 files, one of them twice as long
     assert [e["source"] for e in s["errors"]] == ["rain_falling/vid_005.mp4"]
-    logged = P.read_jsonl(out / "errors.jsonl")
+    logged = files.read_jsonl(out / "errors.jsonl")
     assert [e["source"] for e in logged] == ["rain_falling/vid_005.mp4"]
     assert "decode" in logged[0]["error"] or "Invalid" in logged[0]["error"]
 
@@ -114,9 +117,9 @@ def test_prepare_manifest_and_records(prepared):
     import tensorflow_datasets as tfds
 
     out = prepared["out"]
-    classes = P.load_classes(out)
+    classes = TF.load_classes(out)
     assert classes == ["dog barking", "rain falling"]
-    manifest = P.read_jsonl(out / "manifest.jsonl")
+    manifest = files.read_jsonl(out / "manifest.jsonl")
     assert len(manifest) == 6
     assert sorted(m["index"] for m in manifest) == list(range(6))
     by_id = {m["clip_id"]: m for m in manifest}
@@ -133,7 +136,7 @@ def test_prepare_manifest_and_records(prepared):
         assert classes[m["label_index"]] == m["label"]
         assert m["source"] == m["clip_id"].rsplit("_", 1)[0] + ".mp4"
         assert m["num_frames"] == 80 and m["fps"] == 8.0
-        assert m["frame_indices"] == P.frame_indices(80)
+        assert m["frame_indices"] == F.frame_indices(80)
         assert m["duration"] == pytest.approx(10.0)
         assert (out / "maestro_av" / "1.0.0" / m["shard"]).is_file()
     assert by_id["rain_falling/vid_003_000010"]["start"] == 10.0
@@ -160,8 +163,8 @@ def test_prepare_manifest_and_records(prepared):
     m = by_id["rain_falling/vid_003_000010"]
     rec = ds[m["index"]]
     path = prepared["videos"] / m["source"]
-    frames, fps = P.read_video_window(path, 10.0, 10.0, 2 * RES)
-    want = P.resize_center_crop(frames[np.array(P.frame_indices(len(frames)))], RES)
+    frames, fps = F.read_video_window(path, 10.0, 10.0, 2 * RES)
+    want = F.resize_center_crop(frames[np.array(F.frame_indices(len(frames)))], RES)
     np.testing.assert_array_equal(rec["frames"], want)
     wave = load_audio(path, sr=16000, mono=True)[0][0][160000:320000]
     np.testing.assert_allclose(rec["audio"].astype(np.float32), wave, atol=1e-3)
@@ -172,12 +175,12 @@ def test_prepare_manifest_and_records(prepared):
 def test_prepare_resume(prepared):
     vids, out = prepared["videos"], prepared["out"]
     opts = P.PrepOptions(resolution=RES)
-    before = {m["clip_id"] for m in P.read_jsonl(out / "manifest.jsonl")}
+    before = {m["clip_id"] for m in files.read_jsonl(out / "manifest.jsonl")}
     s = P.prepare(vids, out, "landscape", opts=opts, workers=1, progress=False)
     # Everything done is skipped; only the corrupt file is tried again (and fails again).
     assert s["skipped"] == 5 and s["processed"] == 1 and s["clips_written"] == 0
     assert len(s["errors"]) == 1
-    assert {m["clip_id"] for m in P.read_jsonl(out / "manifest.jsonl")} == before
+    assert {m["clip_id"] for m in files.read_jsonl(out / "manifest.jsonl")} == before
 
     # An interrupted unit: its sidecar was never written and a temp file was left behind.
     part_dir = out / "parts" / "train"
@@ -188,7 +191,7 @@ def test_prepare_resume(prepared):
     s = P.prepare(vids, out, "landscape", opts=opts, workers=1, progress=False)
     assert s["processed"] == len(lost) + 1 and s["clips_written"] >= len(lost)
     assert not list(part_dir.glob(".*.tmp"))
-    manifest = P.read_jsonl(out / "manifest.jsonl")
+    manifest = files.read_jsonl(out / "manifest.jsonl")
     assert {m["clip_id"] for m in manifest} == before and len(manifest) == len(before)
     assert len(list(part_dir.glob("*.array_record"))) == len(list(part_dir.glob("*.json")))
 
@@ -227,7 +230,7 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path):
         "missing01_000000",
         "videos/vid0000002_000000.mp4",
     }
-    full = [m for m in P.read_jsonl(out / "manifest.jsonl") if m["clip_id"] == "fullvid_000003"]
+    full = [m for m in files.read_jsonl(out / "manifest.jsonl") if m["clip_id"] == "fullvid_000003"]
     assert full[0]["start"] == 3.0 and full[0]["split"] == "test" and full[0]["num_frames"] == 80
 
     # The release's frames + wav folders: <class>/<clip>/<clip>_%04d.jpg + <clip>.wav.
@@ -241,9 +244,9 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path):
     opts = P.PrepOptions(resolution=16, frames_rule="release", keep_audio=False)
     s = P.prepare(fw, out, "frames_wav", None, opts, progress=False)
     assert s["splits"] == {"train": 1} and not s["errors"]
-    (m,) = P.read_jsonl(out / "manifest.jsonl")
+    (m,) = files.read_jsonl(out / "manifest.jsonl")
     assert m["label"] == "horse neighing" and m["num_frames"] == 40 and m["fps"] == 8.0
-    assert m["frame_indices"] == P.frame_indices(40, "release")
+    assert m["frame_indices"] == F.frame_indices(40, "release")
     from maestro_jax.data.pipeline import data_source
 
     rec = data_source(out, "train")[0]
@@ -269,7 +272,7 @@ def test_curate_median_rule_and_filters(prepared, curated):
     from maestro_jax.video import read_png
 
     cur = curated["dir"]
-    rows = P.read_jsonl(cur / "curation.jsonl")
+    rows = files.read_jsonl(cur / "curation.jsonl")
     assert len(rows) == 6
     sims = {k: np.array([r[k] for r in rows]) for k in SIMS}
     for v in sims.values():
@@ -284,7 +287,7 @@ def test_curate_median_rule_and_filters(prepared, curated):
         want = above and r["flow_mag"] > 0.1 and r["audio_peak"] > 0.0
         assert r["kept"] == want and r["kept"] == (not r["reasons"])
     kept = {r["clip_id"] for r in rows if r["kept"]}
-    manifest = P.read_jsonl(cur / "manifest.jsonl")
+    manifest = files.read_jsonl(cur / "manifest.jsonl")
     assert {m["clip_id"] for m in manifest} == kept
     assert all(set(SIMS) <= set(m) for m in manifest)
     img = read_png(cur / "histogram.png")
@@ -301,15 +304,17 @@ def test_curate_copies_kept_records(prepared, curated, fixtures_dir):
     s = curate(prepared["out"], "random-tiny", cur, bpe_path=fixtures_dir / BPE, sim_rule="none")
     assert s["num_kept"] == 4 and s["dropped_for"] == {"static": 1, "silent": 1}
     src = data_source(prepared["out"], "train")
-    src_index = {m["clip_id"]: m["index"] for m in P.read_jsonl(prepared["out"] / "manifest.jsonl")}
+    src_index = {
+        m["clip_id"]: m["index"] for m in files.read_jsonl(prepared["out"] / "manifest.jsonl")
+    }
     dst = data_source(cur, "train")
     assert len(dst) == 4
-    for m in P.read_jsonl(cur / "manifest.jsonl"):
+    for m in files.read_jsonl(cur / "manifest.jsonl"):
         a, b = dst[m["index"]], src[src_index[m["clip_id"]]]
         assert a["clip_id"] == b["clip_id"]
         for k in ("frames", "mel", "audio"):
             np.testing.assert_array_equal(a[k], b[k])
-    assert P.load_classes(cur) == P.load_classes(prepared["out"])
+    assert TF.load_classes(cur) == TF.load_classes(prepared["out"])
 
 
 # ==================================================================================================
@@ -430,6 +435,6 @@ def test_pipeline_errors(syn, tmp_path):
 
     with pytest.raises(ValueError, match="split 'validation'"):
         make_dataset(syn, "validation", batch_size=2, seed=0)
-    with pytest.raises(FileNotFoundError, match="maestro_jax.data.prepare"):
+    with pytest.raises(FileNotFoundError, match="data.prepare"):
         make_dataset(tmp_path, "train", batch_size=2, seed=0)
     shutil.rmtree(tmp_path)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from maestro_jax import plots
-from maestro_jax.evaluation import sweep as sw
 from maestro_jax.evaluation import config as eval_configs
 from maestro_jax.evaluation import report as eval_report
 from maestro_jax.evaluation import score as eval_score
+from maestro_jax.evaluation import sweep as sw
 from maestro_jax.evaluation import videos as eval_videos
 from maestro_jax.video import read_png
 from tests.conftest import load_config_file

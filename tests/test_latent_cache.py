@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data import cache_latents as cache_latents_cmd
+from maestro_jax import cli
 from maestro_jax.checkpoints import save_params
 from maestro_jax.data import latent_cache as CL
 from maestro_jax.data.synthetic import write_synthetic_dataset
@@ -37,9 +39,10 @@ def env(tmp_path_factory):
         root / "vae_other", params, {"model": "AutoencoderKL", "vae": cfg.to_dict(), "source": "b"}
     )
     # Through the CLI: one jitted encoder for both splits.
-    rc = CL.main(
+    rc = cli.call(
+        cache_latents_cmd.main,
         ["--data", str(data), "--vae", str(vae_dir), "--batch", "3"]
-        + ["--part_size", str(PART), "--no_progress"]
+        + ["--part_size", str(PART), "--no_progress"],
     )
     assert rc == 0
     return {"root": root, "data": data, "vae": vae_dir, "other": other, "params": params}

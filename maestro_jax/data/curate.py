@@ -1,6 +1,6 @@
 """Curate a prepared dataset (paper section 4.1; spec `maestro.md`, "Data curation").
 
-    python -m maestro_jax.data.curate --data OUT --imagebind CKPT_DIR|random-tiny --out CURATED \
+    python -m data.curate --data OUT --imagebind CKPT_DIR|random-tiny --out CURATED \
         [--bpe bpe_simple_vocab_16e6.txt.gz] [--flow_threshold 0.1] [--batch_size 16]
 
 Per clip:
@@ -28,13 +28,11 @@ otherwise a folder written by `python -m convert.imagebind` holding all three br
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from maestro_jax.data.prepare import (
+from maestro_jax.data.tfds_format import (
     PartWriter,
     finalize,
     load_classes,
     load_features,
-    read_jsonl,
-    write_json,
+    tfds_dir,
 )
+from maestro_jax.files import read_jsonl, write_json
 
 log = logging.getLogger("maestro_jax.data.curate")
 
@@ -60,29 +58,6 @@ SIM_TITLES = ("keyframe-audio", "keyframe-text", "audio-text")
 # ==================================================================================================
 # Filters
 # ==================================================================================================
-
-
-def flow_magnitude(frames: np.ndarray) -> float:
-    """Mean dense optical-flow magnitude (pixels per step) over consecutive frames.
-
-    frames: uint8 [T, H, W, 3] RGB sampled at the analysis rate (2 fps). OpenCV Farneback with
-    its customary parameters (pyr_scale 0.5, 3 levels, window 15, 3 iterations, poly_n 5,
-    poly_sigma 1.2) on grey frames; the magnitude is averaged over pixels, then over the T - 1
-    frame pairs. Fewer than two frames give 0.0 (treated as static).
-    """
-    import cv2
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"flow_magnitude wants [T, H, W, 3] frames, got {frames.shape}")
-    if frames.shape[0] < 2:
-        return 0.0
-    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
-    mags = []
-    for a, b in zip(gray[:-1], gray[1:]):
-        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        mags.append(float(np.mean(np.sqrt(np.sum(np.square(flow), axis=-1)))))
-    return float(np.mean(mags))
 
 
 def median_rule(scores: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
@@ -255,8 +230,6 @@ def compute_scores(
     `tfds.data_source`, in manifest order."""
     import tensorflow_datasets as tfds
 
-    from maestro_jax.data.prepare import tfds_dir
-
     data_dir = Path(data_dir)
     manifest = read_jsonl(data_dir / "manifest.jsonl")
     classes = load_classes(data_dir)
@@ -413,50 +386,3 @@ def curate(
     }
     write_json(out_dir / "curation_summary.json", summary)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m maestro_jax.data.curate", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--data", required=True, help="a data.prepare output folder")
-    p.add_argument("--imagebind", required=True, help="convert.imagebind folder or random-tiny")
-    p.add_argument("--out", required=True, help="the curated dataset folder")
-    p.add_argument("--bpe", default=None, help="CLIP bpe_simple_vocab_16e6.txt.gz")
-    p.add_argument("--flow_threshold", type=float, default=0.1)
-    p.add_argument("--silence_eps", type=float, default=0.0)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument(
-        "--sim_rule",
-        choices=("median", "none"),
-        default="median",
-        help="'none': record similarities, filter only static and silent clips",
-    )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.imagebind != "random-tiny" and not Path(args.imagebind).is_dir():
-        p.error(f"--imagebind {args.imagebind} is neither a folder nor 'random-tiny'")
-    try:
-        s = curate(
-            args.data,
-            args.imagebind,
-            args.out,
-            bpe_path=args.bpe,
-            flow_threshold=args.flow_threshold,
-            silence_eps=args.silence_eps,
-            batch_size=args.batch_size,
-            sim_rule=args.sim_rule,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"{args.out}: kept {s['num_kept']} of {s['num_input']} clips; medians "
-        + ", ".join(f"{k} {v:.4f}" for k, v in s["medians"].items())
-        + f"; dropped for {s['dropped_for']}; records per split {s['splits']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

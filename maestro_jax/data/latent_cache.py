@@ -1,6 +1,6 @@
 """Frozen-encoder cache: the VAE latents of every record's frames, computed once.
 
-    python -m maestro_jax.data.latent_cache --data DIR [--vae CKPT_DIR | --vae random-tiny] [--batch 8] \
+    python -m data.cache_latents --data DIR [--vae CKPT_DIR | --vae random-tiny] [--batch 8] \
         [--mode mean|sample] [--splits train,test] [--part_size N] [--dtype float32|float16] \
         [--frame_chunk N] [--seed 0] [--overwrite]
 
@@ -47,7 +47,6 @@ the same hash only warns: a moved or copied folder).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -55,7 +54,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -64,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from maestro_jax.data.prepare import read_jsonl, write_json
+from maestro_jax.files import read_jsonl, write_json
 
 log = logging.getLogger("maestro_jax.data.latent_cache")
 
@@ -194,7 +192,7 @@ def check_vae(meta: dict, vae: str | os.PathLike, where: str = "") -> None:
         raise LatentCacheError(
             f"the latent cache {where} was made with the VAE {made['path']} (config sha256 "
             f"{made['config_sha256'][:12]}), not with {want['path']} (config sha256 "
-            f"{want['config_sha256'][:12]}): rebuild it with `python -m maestro_jax.data.latent_cache "
+            f"{want['config_sha256'][:12]}): rebuild it with `python -m data.cache_latents "
             f"--data ... --vae {vae} --overwrite`, or disable it (data.use_latent_cache=False / "
             "latents=False)"
         )
@@ -226,13 +224,13 @@ def cache_status(
     if len(ids) != info["num_records"] or clip_ids_hash(ids) != info["clip_ids_sha256"]:
         return "stale", (
             f"the latent cache {where} was made for other records (the dataset changed since): "
-            f"rebuild it with `python -m maestro_jax.data.latent_cache --data {data_dir} --overwrite ...`"
+            f"rebuild it with `python -m data.cache_latents --data {data_dir} --overwrite ...`"
         )
     miss = missing_parts(data_dir, split, meta)
     if miss:
         return "partial", (
             f"the latent cache {where} is partial ({len(miss)} of {info['num_parts']} parts "
-            f"missing): finish it with `python -m maestro_jax.data.latent_cache --data {data_dir} ...`"
+            f"missing): finish it with `python -m data.cache_latents --data {data_dir} ...`"
         )
     return "complete", ""
 
@@ -509,55 +507,3 @@ def cache_latents(
 # ==================================================================================================
 # CLI
 # ==================================================================================================
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--data", required=True, help="a data.prepare / data.curate output folder")
-    p.add_argument("--vae", required=True, help="a convert.vae folder, or random-tiny (tests)")
-    p.add_argument("--batch", type=int, default=8, help="records per VAE call")
-    p.add_argument("--mode", choices=MODES, default="mean")
-    p.add_argument("--splits", default="", help="comma-separated splits (default: all)")
-    p.add_argument(
-        "--part_size",
-        type=int,
-        default=0,
-        help="records per part file (0: the existing cache's, else 256)",
-    )
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype")
-    p.add_argument("--frame_chunk", type=int, default=0, help="frames per encoder call (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="posterior draws (--mode sample)")
-    p.add_argument("--overwrite", action="store_true", help="replace a mismatching cache")
-    p.add_argument("--no_progress", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.vae != "random-tiny" and not Path(args.vae).is_dir():
-        p.error(f"--vae {args.vae} is neither a folder nor 'random-tiny'")
-    if not Path(args.data).is_dir():
-        p.error(f"--data {args.data} is not a folder")
-    try:
-        stats = cache_latents(
-            args.data,
-            args.vae,
-            batch_size=args.batch,
-            mode=args.mode,
-            splits=[s for s in args.splits.split(",") if s] or None,
-            part_size=args.part_size or None,
-            dtype=args.dtype,
-            seed=args.seed,
-            frame_chunk=args.frame_chunk or None,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (LatentCacheError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for split, s in stats.items():
-        print(f"{split}: {s['computed']} parts computed, {s['skipped']} already cached")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

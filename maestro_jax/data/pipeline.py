@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from maestro_jax.data import DATASET_NAME
-from maestro_jax.data.prepare import load_classes, read_jsonl, tfds_dir
+from maestro_jax.data.tfds_format import DATASET_NAME, load_classes, tfds_dir
+from maestro_jax.files import read_jsonl
 
 log = logging.getLogger("maestro_jax.data.pipeline")
 
@@ -55,7 +55,7 @@ def data_source(data_dir: str | os.PathLike, split: str):
     d = tfds_dir(data_dir)
     if not (d / "dataset_info.json").exists():
         raise FileNotFoundError(
-            f"no TFDS dataset at {d}: run `python -m maestro_jax.data.prepare ... --out {data_dir}` "
+            f"no TFDS dataset at {d}: run `python -m data.prepare ... --out {data_dir}` "
             "(or data.synthetic.write_synthetic_dataset) first"
         )
     builder = tfds.builder_from_directory(str(d))

@@ -2,7 +2,7 @@
 "Training the CIM"): one record per 10 s clip with the frames the method needs, the ImageBind
 mel input of its S = 5 two-second clips, and the 16 kHz audio.
 
-    python -m maestro_jax.data.prepare --input DIR --labels FILE_OR_NONE \
+    python -m data.prepare --input DIR --labels FILE_OR_NONE \
         --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] [--workers N] \
         [--frames_rule default|release] [--split NAME] [--drop_audio]
 
@@ -43,7 +43,6 @@ TensorFlow needed).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -52,25 +51,35 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
-import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from maestro_jax.data import DATASET_NAME, DATASET_VERSION
+from maestro_jax.data.frames import (
+    NUM_SEGMENTS,
+    flow_frame_indices,
+    flow_magnitude,
+    frame_indices,
+    num_frames_for_rule,
+    read_video_window,
+    resize_center_crop,
+)
+from maestro_jax.data.tfds_format import (
+    SAMPLE_RATE,
+    PartWriter,
+    finalize,
+    load_classes,
+    load_parts,
+    make_features,
+)
+from maestro_jax.files import append_jsonl, write_json
 
 log = logging.getLogger("maestro_jax.data.prepare")
 
-SAMPLE_RATE = 16000
 CLIP_SECONDS = 10.0
-NUM_SEGMENTS = 5  # S: 2 s ImageBind clips per 10 s training clip
-FRAME_RULES = ("default", "release")
 LAYOUTS = ("vggsound", "landscape", "frames_wav")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -84,180 +93,6 @@ FORMAT_FIELDS = (
     "clip_rule",
     "keep_audio",
 )
-
-
-# ==================================================================================================
-# Frame selection and resizing
-# ==================================================================================================
-
-
-def num_frames_for_rule(rule: str = "default", num_segments: int = NUM_SEGMENTS) -> int:
-    """S_f, the frames per record: S for 'default', 2 S for 'release'."""
-    if rule not in FRAME_RULES:
-        raise ValueError(f"unknown frames rule {rule!r}; use one of {FRAME_RULES}")
-    return num_segments if rule == "default" else 2 * num_segments
-
-
-def frame_indices(
-    num_frames: int, rule: str = "default", num_segments: int = NUM_SEGMENTS
-) -> list[int]:
-    """Indices of the frames a training record keeps out of a clip's F decoded frames.
-
-    'default' (spec, "Training the CIM"): the first frame, then every k = ceil(F / (S - 1))
-      frames: i * k for i < S. The last one, (S - 1) k, can pass F - 1 (F = 250, S = 5 gives
-      k = 63 and 252); it is clamped to the last frame, F - 1.
-    'release' (the release's `sound_dataset.py`): stride = F // S; per segment [a, b) =
-      [i stride, (i + 1) stride) with h = (a + b) // 2 the frames (a + h) // 2 and (h + b) // 2,
-      i.e. the 1/4 and 3/4 points of each 2 s segment: 2 S frames. (The release counts F as the
-      folder's files minus two; here F is the number of frames.)
-    """
-    if int(num_frames) != num_frames or num_frames < 1:
-        raise ValueError(f"a clip needs at least one frame, got num_frames={num_frames}")
-    if int(num_segments) != num_segments or num_segments < 1:
-        raise ValueError(f"num_segments must be a positive integer, got {num_segments}")
-    f, s = int(num_frames), int(num_segments)
-    if rule == "default":
-        step = math.ceil(f / max(s - 1, 1))
-        return [min(i * step, f - 1) for i in range(s)]
-    if rule == "release":
-        stride = f // s
-        out = []
-        for i in range(s):
-            a, b = i * stride, (i + 1) * stride
-            h = (a + b) // 2
-            out += [(a + h) // 2, (h + b) // 2]
-        return [min(x, f - 1) for x in out]
-    raise ValueError(f"unknown frames rule {rule!r}; use one of {FRAME_RULES}")
-
-
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """PIL's antialiased bilinear resampling along one axis as taps: (indices [out, K] int,
-    weights [out, K] float32). Output pixel i is centred at (i + 0.5) * scale in input pixels
-    (scale = in / out); the triangle filter is widened by max(scale, 1) when shrinking, and
-    the weights are renormalised to sum to one (also at the borders)."""
-    scale = in_size / out_size
-    fscale = max(scale, 1.0)
-    support = fscale  # triangle support 1, widened
-    centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    lo = np.maximum(np.floor(centers - support + 0.5).astype(np.int64), 0)
-    hi = np.minimum(np.floor(centers + support + 0.5).astype(np.int64), in_size)
-    k = int((hi - lo).max())
-    idx = lo[:, None] + np.arange(k)[None, :]
-    w = np.maximum(0.0, 1.0 - np.abs((idx - centers[:, None] + 0.5) / fscale))
-    w = np.where(idx < hi[:, None], w, 0.0)
-    w /= w.sum(axis=1, keepdims=True)
-    return np.minimum(idx, in_size - 1), w.astype(np.float32)
-
-
-def _tap_matrix(in_size: int, out_size: int, start: int = 0, count: int | None = None):
-    """The [count, in_size] sparse (CSR) resampling matrix of output pixels
-    [start, start + count) (duplicate border taps are summed, as wanted)."""
-    import scipy.sparse
-
-    idx, wt = _bilinear_taps(in_size, out_size)
-    count = out_size - start if count is None else count
-    idx, wt = idx[start : start + count], wt[start : start + count]
-    n, k = idx.shape
-    return scipy.sparse.csr_matrix(
-        (wt.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, in_size)
-    )
-
-
-def resize_bilinear(
-    frames: np.ndarray,
-    height: int,
-    width: int,
-    crop: tuple[int, int, int, int] | None = None,
-) -> np.ndarray:
-    """Antialiased bilinear resize of [T, H, W, C] -> float32 [T, height, width, C]
-    (PIL / torchvision-on-PIL 'bilinear' up to PIL's intermediate uint8 rounding; the same
-    kernel as `jax.image.resize(..., 'bilinear', antialias=True)`, to float32 rounding).
-    Separable sparse matrix products per frame (~45 ms for a 512 x 910 frame on one CPU core;
-    the dense jax version takes ~75 ms). `crop` = (top, left, h, w) computes only that window
-    of the resized picture."""
-    x = np.asarray(frames)
-    t, h, w, c = x.shape
-    top, left, oh, ow = crop if crop is not None else (0, 0, height, width)
-    mh = _tap_matrix(h, height, top, oh)
-    mw = _tap_matrix(w, width, left, ow)
-    out = np.empty((t, oh, ow, c), np.float32)
-    for i in range(t):
-        y = mh @ x[i].reshape(h, w * c).astype(np.float32)  # [oh, w * c]
-        y = np.ascontiguousarray(y.reshape(oh, w, c).transpose(1, 0, 2)).reshape(w, oh * c)
-        out[i] = (mw @ y).reshape(ow, oh, c).transpose(1, 0, 2)
-    return out
-
-
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3]: short side to `size`, center crop.
-
-    torchvision `Resize(size)` + `CenterCrop(size)` geometry (long side int(size * long / short),
-    crop offsets int(round((L - size) / 2))) with `resize_bilinear` (antialiased bilinear, the
-    filter torchvision's Resize(BILINEAR) applies to the release's PIL frames), rounded to uint8.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"resize_center_crop wants uint8 [T, H, W, 3], got {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h <= w:
-        nh, nw = size, int(size * w / h)
-    else:
-        nh, nw = int(size * h / w), size
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    if (nh, nw) != (h, w):
-        x = resize_bilinear(frames, nh, nw, crop=(top, left, size, size))
-        return np.clip(np.round(x), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
-
-
-def read_video_window(
-    path: str | os.PathLike, start: float, duration: float, max_short_side: int | None = None
-) -> tuple[np.ndarray, float]:
-    """Decode the frames of [start, start + duration) seconds of a video with imageio-ffmpeg.
-
-    Frames whose short side exceeds `max_short_side` are shrunk by ffmpeg's area filter while
-    decoding (bounding memory for HD sources). Returns (uint8 [F, H, W, 3], fps).
-    """
-    import warnings
-
-    import imageio_ffmpeg
-
-    out_params = ["-t", f"{duration:.6f}"]
-    if max_short_side:
-        m = int(max_short_side)
-        out_params += [
-            "-vf",
-            f"scale='if(lte(iw,ih),min(iw,{m}),-2)':'if(lte(iw,ih),-2,min(ih,{m}))':flags=area",
-        ]
-    in_params = ["-ss", f"{start:.6f}"] if start > 0 else []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "frame size differs from the source size"
-        gen = imageio_ffmpeg.read_frames(
-            str(path), input_params=in_params, output_params=out_params
-        )
-        try:
-            meta = next(gen)
-            w, h = meta["size"]
-            frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]
-        finally:
-            gen.close()
-    if not frames:
-        raise ValueError(f"no video frames in [{start}, {start + duration}) s of {path}")
-    return np.stack(frames), float(meta["fps"])
-
-
-def flow_frame_indices(num_frames: int, fps: float, rate: float = 2.0) -> list[int]:
-    """Frames at `rate` fps (t = k / rate): round(k fps / rate) while < F."""
-    if fps <= 0:
-        return [0]
-    out, k = [], 0
-    while True:
-        i = int(round(k * fps / rate))
-        if i >= num_frames:
-            return out or [0]
-        out.append(i)
-        k += 1
 
 
 # ==================================================================================================
@@ -300,41 +135,6 @@ class PrepOptions:
             )
 
 
-def make_features(
-    num_frames: int,
-    resolution: int,
-    num_segments: int = NUM_SEGMENTS,
-    audio_samples: int | None = SAMPLE_RATE * 10,
-    latent_shape: Sequence[int] | None = None,
-):
-    """The TFDS FeaturesDict of one record (the EXAMPLE SCHEMA shared with the trainer).
-
-    clip_id, label: Text; label_index: int32 scalar; frames: uint8 [S_f, H, W, 3];
-    mel: float16 [S, 128, 204] (ImageBind input); audio: float16 [N] 16 kHz mono (omitted when
-    `audio_samples` is None); latents: float16 [S_f, h, w, 4] (only when `latent_shape` is given).
-    """
-    import tensorflow_datasets as tfds
-
-    from maestro_jax.audio import NUM_MEL_BINS, TARGET_LENGTH
-
-    feats: dict[str, Any] = {
-        "clip_id": tfds.features.Text(),
-        "label": tfds.features.Text(),
-        "label_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-        "frames": tfds.features.Tensor(
-            shape=(num_frames, resolution, resolution, 3), dtype=np.uint8
-        ),
-        "mel": tfds.features.Tensor(
-            shape=(num_segments, NUM_MEL_BINS, TARGET_LENGTH), dtype=np.float16
-        ),
-    }
-    if audio_samples is not None:
-        feats["audio"] = tfds.features.Tensor(shape=(int(audio_samples),), dtype=np.float16)
-    if latent_shape is not None:
-        feats["latents"] = tfds.features.Tensor(shape=tuple(latent_shape), dtype=np.float16)
-    return tfds.features.FeaturesDict(feats)
-
-
 def features_for(opts: PrepOptions):
     return make_features(
         opts.num_frames,
@@ -342,195 +142,6 @@ def features_for(opts: PrepOptions):
         opts.num_segments,
         opts.clip_samples if opts.keep_audio else None,
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file ([] when it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    rows = list(rows)
-    if rows:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
-
-
-class PartWriter:
-    """Writes one work unit: OUT/parts/<split>/<name>.array_record + <name>.json, atomically.
-
-    Records go to a temporary file; `commit(sidecar)` renames it into place and then writes the
-    sidecar (the part counts only once its sidecar exists). `abort()` removes the temp file.
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, split: str, name: str):
-        from array_record.python import array_record_module as arm
-
-        self.dir = Path(out_dir) / "parts" / split
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.path = self.dir / f"{name}.array_record"
-        self.tmp = self.dir / f".{name}.array_record.tmp"
-        # group_size:1 = one record per chunk: cheap random access, what TFDS writes.
-        self._writer = arm.ArrayRecordWriter(str(self.tmp), "group_size:1")
-        self.count = 0
-
-    def write(self, record: bytes) -> int:
-        self._writer.write(record)
-        self.count += 1
-        return self.count - 1
-
-    def commit(self, sidecar: dict) -> None:
-        self._writer.close()
-        os.replace(self.tmp, self.path)
-        write_json(self.dir / f"{self.name}.json", {**sidecar, "num_records": self.count})
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
-
-
-def load_parts(out_dir: str | os.PathLike, cleanup: bool = True) -> dict[str, list[dict]]:
-    """{split: [sidecar, ...]} of the committed parts, sorted by part name. With `cleanup`,
-    leftovers of interrupted writes (temp files, records without a sidecar) are deleted."""
-    root = Path(out_dir) / "parts"
-    out: dict[str, list[dict]] = {}
-    if not root.is_dir():
-        return out
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        parts = []
-        for rec in sorted(split_dir.glob("*.array_record")):
-            side = rec.with_suffix(".json")
-            if not side.exists():
-                if cleanup:
-                    log.warning("removing uncommitted part %s", rec)
-                    rec.unlink()
-                continue
-            with open(side) as f:
-                meta = json.load(f)
-            meta["name"] = rec.stem
-            parts.append(meta)
-        if cleanup:
-            for tmp in split_dir.glob(".*.tmp"):
-                tmp.unlink()
-        if parts:
-            out[split_dir.name] = parts
-    return out
-
-
-def tfds_dir(out_dir: str | os.PathLike) -> Path:
-    """OUT/maestro_av/1.0.0, the folder `tfds.builder_from_directory` reads."""
-    return Path(out_dir) / DATASET_NAME / DATASET_VERSION
-
-
-def finalize(out_dir: str | os.PathLike, features, description: str = "") -> dict[str, int]:
-    """(Re)build OUT/maestro_av/1.0.0 and OUT/manifest.jsonl from the committed parts.
-
-    Shard i of split s is a hard link (a copy where links fail) of the i-th part by name,
-    named `maestro_av-<s>.array_record-<i:05d>-of-<n:05d>`; metadata by
-    `tfds.folder_dataset.write_metadata` with the known shard lengths. The new folder is built
-    next to the old one and swapped in. Manifest rows gain `shard` (file name) and `index`
-    (position in the split, the `tfds.data_source` index). Returns {split: num_records}.
-    """
-    import tensorflow_datasets as tfds
-
-    out_dir = Path(out_dir).absolute()
-    parts = load_parts(out_dir)
-    root = out_dir / DATASET_NAME
-    root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    build = tmp_root / DATASET_VERSION
-    build.mkdir()
-    manifest: list[dict] = []
-    split_infos = []
-    counts: dict[str, int] = {}
-    for split, plist in sorted(parts.items()):
-        plist = [p for p in plist if p["num_records"] > 0]
-        if not plist:
-            continue
-        n = len(plist)
-        index = 0
-        for i, p in enumerate(plist):
-            shard = f"{DATASET_NAME}-{split}.array_record-{i:05d}-of-{n:05d}"
-            src = out_dir / "parts" / split / f"{p['name']}.array_record"
-            try:
-                os.link(src, build / shard)
-            except OSError:
-                shutil.copyfile(src, build / shard)
-            for row, entry in enumerate(p["clips"]):
-                manifest.append(
-                    {**entry, "split": split, "part": p["name"], "row": row, "shard": shard}
-                    | {"index": index}
-                )
-                index += 1
-        lengths = [p["num_records"] for p in plist]
-        nbytes = sum(
-            (out_dir / "parts" / split / f"{p['name']}.array_record").stat().st_size for p in plist
-        )
-        split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=nbytes))
-        counts[split] = sum(lengths)
-    if split_infos:
-        tfds.folder_dataset.write_metadata(
-            data_dir=build,
-            features=features,
-            split_infos=split_infos,
-            filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-            check_data=False,
-            description=description or "Maestro CIM training clips (data.prepare)",
-        )
-    final = root / DATASET_VERSION
-    old = root / f".old-{os.getpid()}-{time.time_ns()}"
-    if final.exists():
-        final.rename(old)
-    build.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    _atomic_write_text(
-        out_dir / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest)
-    )
-    return counts
-
-
-def load_classes(data_dir: str | os.PathLike) -> list[str]:
-    """The class names of a prepared dataset (label_index order)."""
-    path = Path(data_dir) / "classes.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} a data.prepare output folder?")
-    with open(path) as f:
-        return list(json.load(f))
-
-
-def load_features(data_dir: str | os.PathLike):
-    """The FeaturesDict stored with a prepared dataset (from its features.json)."""
-    import tensorflow_datasets as tfds
-
-    d = tfds_dir(data_dir)
-    if not (d / "features.json").exists():
-        raise FileNotFoundError(f"no TFDS metadata at {d}: run data.prepare first")
-    return tfds.builder_from_directory(str(d)).info.features
 
 
 # ==================================================================================================
@@ -734,7 +345,6 @@ def make_clip_record(
     indices (lazy decoding for frame folders). audio16k: float32 [N] mono at 16 kHz, N >= 1.
     """
     from maestro_jax.audio import imagebind_audio_input
-    from maestro_jax.data.curate import flow_magnitude
 
     take = frames_all if callable(frames_all) else (lambda idx: frames_all[np.asarray(idx)])
     idx = frame_indices(num_frames, opts.frames_rule, opts.num_segments)
@@ -988,67 +598,3 @@ def prepare(
         "errors": errors,
         "splits": counts,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m maestro_jax.data.prepare", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--input", required=True, help="source folder")
-    p.add_argument(
-        "--labels", default="none", help="VGGSound CSV, a class list file, or 'none' (folders)"
-    )
-    p.add_argument("--layout", required=True, choices=LAYOUTS)
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--workers", type=int, default=1, help="processes (<= 1: in this process)")
-    p.add_argument("--frames_rule", choices=FRAME_RULES, default="default")
-    p.add_argument("--clip_rule", choices=("git", "pypi015"), default="git")
-    p.add_argument("--clip_seconds", type=float, default=CLIP_SECONDS)
-    p.add_argument("--min_seconds", type=float, default=2.0)
-    p.add_argument("--max_clips_per_file", type=int, default=None)
-    p.add_argument("--files_per_part", type=int, default=32)
-    p.add_argument("--flow_size", type=int, default=256, help="static-filter analysis size")
-    p.add_argument("--split", default=None, help="override the split of every clip")
-    p.add_argument("--drop_audio", action="store_true", help="do not store the 16 kHz audio")
-    p.add_argument("--no_progress", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    labels = None if args.labels.lower() in ("none", "") else args.labels
-    if labels is not None and not Path(labels).is_file():
-        p.error(f"--labels {labels} is not a file")
-    opts = PrepOptions(
-        resolution=args.resolution,
-        frames_rule=args.frames_rule,
-        clip_seconds=args.clip_seconds,
-        clip_rule=args.clip_rule,
-        keep_audio=not args.drop_audio,
-        min_seconds=args.min_seconds,
-        max_clips_per_file=args.max_clips_per_file,
-        flow_size=args.flow_size,
-    )
-    try:
-        summary = prepare(
-            args.input,
-            args.out,
-            args.layout,
-            labels,
-            opts,
-            workers=args.workers,
-            files_per_part=args.files_per_part,
-            split=args.split,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"{args.out}: {summary['clips_written']} new clips from {summary['processed']} sources "
-        f"({summary['skipped']} already done, {len(summary['errors'])} skipped with errors, "
-        f"see errors.jsonl); records per split: {summary['splits']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maestro_jax.data.prepare import (
-    SAMPLE_RATE,
-    PartWriter,
-    PrepOptions,
-    features_for,
-    finalize,
-    make_clip_record,
-    write_json,
-)
+from maestro_jax.data.prepare import PrepOptions, features_for, make_clip_record
+from maestro_jax.data.tfds_format import SAMPLE_RATE, PartWriter, finalize
+from maestro_jax.files import write_json
 
 CLASS_NAMES = (
     "dog_barking",

@@ -718,7 +718,7 @@ def _open_data(
     if not data_dir:
         if not config.data.synthetic:
             raise ValueError(
-                "data.dir is empty: give the prepared dataset folder (python -m maestro_jax.data.prepare ...) "
+                "data.dir is empty: give the prepared dataset folder (python -m data.prepare ...) "
                 "or set data.synthetic=True for a smoke run"
             )
         data_dir = workdir / "synthetic_data"
