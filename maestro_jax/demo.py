@@ -16,11 +16,18 @@ made). The toy world: `maestro_jax/toy/world.py`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+from absl import flags
+
+from maestro_jax import cli
+from maestro_jax.toy import config as toy_config
+
+_OUTDIR = flags.DEFINE_string("outdir", "outputs/demo", "output folder")
+_ASSETS = flags.DEFINE_string("assets", str(toy_config.ASSETS), "toy-world weights")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 
 BOX_COLOURS = ("red", "blue", "green", "yellow")  # maestro_jax.video's contact-sheet order
 
@@ -33,34 +40,27 @@ def _where(box: list[float]) -> str:
     return f"{vert} {horiz} (x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f} of the frame)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from maestro_jax.toy import config as toy_generate
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--outdir", default="outputs/demo")
-    ap.add_argument("--assets", default=str(toy_generate.ASSETS), help="toy-world weights")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
-    args = ap.parse_args(argv)
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        return cli.error(f"unexpected arguments: {argv[1:]}")
     t0 = time.perf_counter()
-    assets = Path(args.assets)
+    assets = Path(_ASSETS.value)
     demo = assets / "demo" / "job.json"
     if not demo.is_file():
-        print(
-            f"error: {demo} is missing: the toy-world weights are not installed in {assets} "
-            "(run `make toy-world`, about an hour on 2 CPU cores)",
-            file=sys.stderr,
+        return cli.error(
+            f"{demo} is missing: the toy-world weights are not installed in {assets} "
+            "(run `make toy-world`, about two hours on 2 CPU cores)"
         )
-        return 2
     spec = json.loads(demo.read_text())
     build = json.loads((assets / "build.json").read_text())
 
     from maestro_jax.generation import runner as gen
     from maestro_jax.generation.jobs import Job
 
-    cfg = toy_generate.generate_config()
+    cfg = toy_config.generate_config()
     cfg.assets = str(assets)
-    cfg.seed = args.seed
-    out = Path(args.outdir)
+    cfg.seed = _SEED.value
+    out = Path(_OUTDIR.value)
     out.mkdir(parents=True, exist_ok=True)
     print(f"maestro_jax demo: the toy world's trained weights ({assets}, built {build['date']})")
     print(f"mixture: {assets / 'demo' / spec['mixture']} ({spec['seconds']:.0f} s)")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         mixture=str(assets / "demo" / spec["mixture"]),
         queries=list(spec["queries"]),
         boxes=[list(b) for b in spec["boxes"]],
-        seed=args.seed,
+        seed=_SEED.value,
     )
     for f in ("out.json", "out.mp4"):
         (out / f).unlink(missing_ok=True)  # always regenerate
@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -17,10 +17,11 @@ from jax.sharding import PartitionSpec as P
 
 from convert import audiosep as conv
 from convert import common
-from maestro_jax import separate as separate_cli
+from maestro_jax import cli
 from maestro_jax.audio import separation as sep
 from maestro_jax.models import audiosep, clap_text
 from maestro_jax.models import stft as stft_lib
+from tests.conftest import load_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -343,12 +344,13 @@ def test_cli_runlocal(tmp_path, audio_dir):
     assert len(settings["files"]) == 2
 
 
-def test_cli_errors_before_compute(tmp_path, audio_dir):
-    with pytest.raises(SystemExit, match="--checkpoint is required"):
-        separate_cli.main(
-            ["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(tmp_path)]
-        )
-    with pytest.raises(SystemExit, match="mixture not found"):
-        separate_cli.main(
-            ["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(tmp_path)]
-        )
+def test_cli_errors_before_compute(tmp_path, audio_dir, capsys):
+    separate_cli = load_command("maestro_jax.separate")
+    out = tmp_path / "out"
+    argv = ["--mixture", str(audio_dir / "dog.wav"), "--query", "x", "--out", str(out)]
+    assert cli.call(separate_cli.main, argv) == 2
+    assert "--checkpoint is required" in capsys.readouterr().err
+    argv = ["--mixture", str(tmp_path / "nope.wav"), "--query", "x", "--out", str(out)]
+    assert cli.call(separate_cli.main, argv) == 2
+    assert "mixture not found" in capsys.readouterr().err
+    assert not out.exists()

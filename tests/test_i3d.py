@@ -12,7 +12,9 @@ import pytest
 
 from convert import i3d as ci3d
 from convert.common import ConversionError, flatten
+from maestro_jax import cli
 from maestro_jax.models.i3d import BN_EPS, I3DConfig, tiny_config
+from tests.conftest import load_command
 
 
 def test_i3d_fixture_both_layouts(fixtures_dir):
@@ -117,8 +119,9 @@ def test_bn_eps_default_and_cli_flag_reach_the_fvd_extractor(fixtures_dir, tmp_p
 
     assert BN_EPS == 1e-3 and I3DConfig().bn_eps == 1e-3
     src = fixtures_dir / "i3d" / "state_dict.safetensors"  # hassony2 naming, float16
-    assert ci3d.main([str(src), str(tmp_path / "default")]) == 0
-    assert ci3d.main([str(src), str(tmp_path / "vgpt"), "--bn-eps", "1e-5"]) == 0
+    i3d_cmd = load_command("convert.i3d.__main__")
+    assert cli.call(i3d_cmd.main, [str(src), str(tmp_path / "default")]) == 0
+    assert cli.call(i3d_cmd.main, [str(src), str(tmp_path / "vgpt"), "--bn_eps", "1e-5"]) == 0
     assert "bn_eps 1e-05" in capsys.readouterr().out
     meta = json.loads((tmp_path / "default" / "config.json").read_text())
     assert meta["bn_eps"] == 1e-3 and meta["layout"] == "hassony2" and meta["num_classes"] == 400
@@ -133,6 +136,6 @@ def test_bn_eps_default_and_cli_flag_reach_the_fvd_extractor(fixtures_dir, tmp_p
     assert ext.config.bn_eps == 1e-5 and ext.settings()["bn_eps"] == 1e-5
     assert ext.config == I3DConfig(bn_eps=1e-5)
     # an explicit wrong layout fails with the key named, exit status 1
-    assert ci3d.main([str(src), str(tmp_path / "bad"), "--layout", "piergiaj"]) == 1
+    assert cli.call(i3d_cmd.main, [str(src), str(tmp_path / "bad"), "--layout", "piergiaj"]) == 1
     assert "missing key in checkpoint: Conv3d_1a_7x7.conv3d.weight" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -210,12 +210,14 @@ def test_object_locating_verifier_refuses_malformed_fixtures(tmp_path, break_it,
 
 
 def test_object_locating_cli_reports_a_broken_fixture_in_one_line(tmp_path, capsys):
-    from convert import verify
+    from maestro_jax import cli
+    from tests.conftest import load_command
 
+    verify_cmd = load_command("convert.verify.__main__")
     cfg, arrays = _synthetic_object_locating(tmp_path / "fx")
     del arrays["in_logits_h10w16_heads20"]
     write_synthetic(tmp_path / "fx", cfg, arrays)
-    assert verify.main([str(tmp_path / "fx"), "--kind", "object_locating"]) == 2
+    assert cli.call(verify_cmd.main, [str(tmp_path / "fx"), "--kind", "object_locating"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: object_locating fixture")
     assert "case 'h10w16_heads20_LR': io.npz has no input array 'in_logits_h10w16_heads20'" in err

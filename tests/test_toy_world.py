@@ -62,9 +62,11 @@ def test_full_method_places_sources_in_their_boxes(placement):
 
 
 def test_demo_runs_on_the_committed_weights(tmp_path, capsys):
-    from maestro_jax import demo
+    from maestro_jax import cli
+    from tests.conftest import load_command
 
-    assert demo.main(["--outdir", str(tmp_path)]) == 0
+    demo = load_command("maestro_jax.demo")
+    assert cli.call(demo.main, ["--outdir", str(tmp_path)]) == 0
     for f in ("out.mp4", "out.png", "out.json"):
         assert (tmp_path / f).stat().st_size > 0, f
     stems = sorted((tmp_path / "out_stems").glob("*.wav"))

@@ -7,7 +7,7 @@ Variants:
 
 Examples:
   python -m convert.imagebind imagebind_huge.pth ckpt/imagebind --modalities audio,vision
-  python -m convert.i3d i3d_pretrained_400.pt ckpt/i3d  # eps 1e-3; VideoGPT's: --bn-eps 1e-5
+  python -m convert.i3d i3d_pretrained_400.pt ckpt/i3d  # eps 1e-3; VideoGPT's: --bn_eps 1e-5
   python -m maestro_jax.evaluate --config=configs/evaluate.py \
       --config.imagebind_checkpoint=ckpt/imagebind --config.i3d_checkpoint=ckpt/i3d \
       --videos outputs --reference landscape_test_videos --out results/maestro.json

@@ -13,12 +13,12 @@ the exports are copied (atomically) into `maestro_jax/assets/toy/`:
 
 with `build.json` (per stage: the command, wall time, steps, the final logged metrics; the
 machine and versions). Options: `--root runs/toy` (work folders), `--assets DIR`,
-`--stages t2v,cim` (only these, in order), `--force` (retrain the listed stages from scratch).
+`--stages t2v,cim` (only these, in order), `--force` (retrain the listed stages from scratch),
+`--no_install`, `--smoke` (a few steps per stage).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,8 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from absl import flags
+
+from maestro_jax import cli
 from maestro_jax.toy import config as toy_config
 from maestro_jax.toy.config import ASSETS, STAGES
+
+_ROOT = flags.DEFINE_string("root", "runs/toy", "work folders of the stages")
+_ASSETS = flags.DEFINE_string("assets", str(ASSETS), "where the weights are installed")
+_STAGES = flags.DEFINE_string("stages", ",".join(STAGES), "comma-separated stages")
+_FORCE = flags.DEFINE_bool("force", False, "retrain the listed stages")
+_NO_INSTALL = flags.DEFINE_bool("no_install", False, "train only; leave the assets alone")
+_SMOKE = flags.DEFINE_bool("smoke", False, "a few steps per stage (untrained weights)")
 
 LAYOUT = {
     "text": "vc/text",
@@ -170,33 +180,27 @@ def install(root: Path, assets: Path, records: dict) -> Path:
     return assets
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", default="runs/toy", help="work folders of the stages")
-    ap.add_argument("--assets", default=str(ASSETS), help="where the weights are installed")
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages")
-    ap.add_argument("--force", action="store_true", help="retrain the listed stages")
-    ap.add_argument("--no-install", action="store_true", help="train only; leave assets alone")
-    ap.add_argument("--smoke", action="store_true", help="3 steps per stage (untrained weights)")
-    args = ap.parse_args(argv)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        return cli.error(f"unexpected arguments: {argv[1:]}")
+    stages = [s.strip() for s in _STAGES.value.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad:
-        ap.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES)}")
-    root = Path(args.root).resolve()
+        return cli.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES)}")
+    root = Path(_ROOT.value).resolve()
     t0 = time.perf_counter()
     records = {}
     for stage in STAGES:  # always in dependency order
         if stage in stages:
-            extra = SMOKE.get(stage, []) if args.smoke else []
-            records[stage] = run_stage(stage, root, force=args.force, extra=extra)
+            extra = SMOKE.get(stage, []) if _SMOKE.value else []
+            records[stage] = run_stage(stage, root, force=_FORCE.value, extra=extra)
         elif (root / stage / "stage.json").exists():
             records[stage] = json.loads((root / stage / "stage.json").read_text())
     print(f"[toy-world] stages done in {time.perf_counter() - t0:.0f} s")
-    if not args.no_install:
-        install(root, Path(args.assets), records)
+    if not _NO_INSTALL.value:
+        install(root, Path(_ASSETS.value), records)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -14,7 +14,6 @@ registered in `KINDS` below. A fixture whose layout the verifier cannot follow r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import sys
@@ -110,31 +109,3 @@ def report(checks: list[Check], out=sys.stdout) -> bool:
         )
     print("PASS" if ok else "FAIL", file=out)
     return ok
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("fixture_dir", type=Path)
-    ap.add_argument("--kind", default=None, help="fixture kind (default: the folder's name)")
-    args = ap.parse_args(argv)
-    if not args.fixture_dir.is_dir():
-        print(f"error: {args.fixture_dir} is not a folder", file=sys.stderr)
-        return 2
-    kind = args.kind or args.fixture_dir.resolve().name
-    import jax
-
-    jax.config.update("jax_enable_x64", False)
-    from convert.common import ConversionError
-
-    try:
-        checks = run_kind(args.fixture_dir, kind)
-    except (FixtureError, ConversionError) as e:
-        print(f"error: {kind} fixture {args.fixture_dir}: {e}", file=sys.stderr)
-        return 2
-    return 0 if report(checks) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

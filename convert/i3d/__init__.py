@@ -1,6 +1,6 @@
 """Inception-I3D (the FVD network): a PyTorch state dict in either common naming -> Flax params.
 
-    python -m convert.i3d i3d_pretrained_400.pt OUT_DIR [--layout auto] [--bn-eps 1e-3]
+    python -m convert.i3d i3d_pretrained_400.pt OUT_DIR [--layout auto] [--bn_eps 1e-3]
     python -m convert.verify FIXTURES/i3d   # FIXTURES: the golden fixtures folder
 
 Two key layouts of the same 287 tensors (57 conv + BN units and the biased logits conv) are read;
@@ -24,7 +24,7 @@ BatchNorm epsilon. The TF-Hub `i3d-kinetics-400` graph (the FVD reference) and h
 use eps **1e-3**, which is the default here and the function the `i3d` fixture checks. VideoGPT's
 `InceptionI3d` (and so cd-fvd and common_metrics_on_video_quality's "videogpt" method) runs
 `i3d_pretrained_400.pt`, the same TF-Hub weights, with PyTorch's default eps **1e-5**: a
-different function (different features, slightly different FVDs). Pass `--bn-eps 1e-5` only to
+different function (different features, slightly different FVDs). Pass `--bn_eps 1e-5` only to
 reproduce numbers computed that way; the value is written to the output's `config.json`
 (`bn_eps`), which the evaluation reads back.
 
@@ -35,11 +35,9 @@ here. Export its weights (`torch.jit.load(p).state_dict()`, expected in the hass
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,7 +56,7 @@ from convert.common import (
     load_full_keys,
     load_state_dict,
 )
-from maestro_jax.models.i3d import BN_EPS, I3DConfig, InceptionI3d
+from maestro_jax.models.i3d import I3DConfig, InceptionI3d
 
 IGNORE = (r".*\.num_batches_tracked",)
 
@@ -298,44 +296,3 @@ def verify_i3d(fixture_dir: Path) -> list:
 
 
 # ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("src", type=Path, help="I3D state dict (.pt/.pth/.safetensors)")
-    ap.add_argument("out", type=Path, help="output folder for orbax params + config.json")
-    ap.add_argument(
-        "--layout",
-        choices=("auto", *LAYOUTS),
-        default="auto",
-        help="key naming of SRC (default: detected from the keys)",
-    )
-    ap.add_argument("--num-classes", type=int, default=400)
-    ap.add_argument(
-        "--bn-eps",
-        type=float,
-        default=BN_EPS,
-        help=f"BatchNorm epsilon (default {BN_EPS:g}: TF-Hub / hassony2, the FVD reference). "
-        "1e-5 reproduces VideoGPT / cd-fvd features of i3d_pretrained_400.pt; stored in "
-        "config.json",
-    )
-    args = ap.parse_args(argv)
-    if not args.bn_eps > 0:
-        ap.error(f"--bn-eps must be > 0, got {args.bn_eps}")
-    sd = load_state_dict(args.src)
-    config = I3DConfig(num_classes=args.num_classes, bn_eps=args.bn_eps)
-    try:
-        params, layout = convert_i3d_layout(sd, config, args.layout)
-    except ConversionError as e:
-        print(f"error: {args.src}: {e}", file=sys.stderr)
-        return 1
-    from maestro_jax.checkpoints import save_params
-
-    meta = {"model": "i3d", "source": str(args.src), "layout": layout, **config.to_dict()}
-    save_params(args.out, params, meta)
-    print(f"wrote {args.out} (layout {layout}, bn_eps {config.bn_eps:g})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
