@@ -1,4 +1,4 @@
-"""benchmarks/issue10.py: the CPU smoke run end to end (tiny models), and its table logic."""
+"""benchmarks/speed_targets.py: the CPU smoke run end to end (tiny models), and its table logic."""
 
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def issue10():
-    spec = importlib.util.spec_from_file_location("issue10", REPO / "benchmarks" / "issue10.py")
+def speed_targets():
+    spec = importlib.util.spec_from_file_location(
+        "speed_targets", REPO / "benchmarks" / "speed_targets.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _args(issue10, *argv: str) -> argparse.Namespace:
-    return issue10._resolve(issue10._parser().parse_args(list(argv)))
+def _args(speed_targets, *argv: str) -> argparse.Namespace:
+    return speed_targets._resolve(speed_targets._parser().parse_args(list(argv)))
 
 
-def test_tiny_smoke_runs_end_to_end(issue10, tmp_path):
+def test_tiny_smoke_runs_end_to_end(speed_targets, tmp_path):
     """One tiny Maestro sample (2 sources, both phases) + decode, timed, in this process."""
     out = tmp_path / "r.json"
     argv = ["--size", "tiny", "--skip-train", "--skip-forwards", "--in-process"]
-    r = issue10.main([*argv, "--steps", "5", "--sample-runs", "1", "--json", str(out)])
+    r = speed_targets.main([*argv, "--steps", "5", "--sample-runs", "1", "--json", str(out)])
     assert not {k: v for k, v in r["errors"].items() if k != "process"}, r["errors"]
     s = r["sample"]
     assert s["sampling_s"] > 0 and s["decode_s"] > 0 and s["compile_s"] > 0
@@ -39,9 +41,11 @@ def test_tiny_smoke_runs_end_to_end(issue10, tmp_path):
     assert any(t.startswith("(3) peak device memory") for t in targets)
 
 
-def test_fast_random_like_follows_random_like_rules(issue10):
+def test_pooled_random_like_follows_random_like_rules():
     import jax
     import jax.numpy as jnp
+
+    from maestro_jax.nn.random_init import random_like
 
     shapes = {
         "d": {"kernel": jax.ShapeDtypeStruct((256, 64), jnp.float32),
@@ -49,14 +53,14 @@ def test_fast_random_like_follows_random_like_rules(issue10):
         "n": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32)},
         "emb": jax.ShapeDtypeStruct((1000, 8), jnp.float32),
     }  # fmt: skip
-    p = issue10.fast_random_like(shapes, 0, pool_size=1 << 16)
+    p = random_like(shapes, 0, pool_size=1 << 16)
     assert p["d"]["kernel"].shape == (256, 64)
     assert abs(p["d"]["kernel"].std() - 1 / 16) < 0.01  # N(0, 1/fan_in), fan_in 256
     assert np.all(p["d"]["bias"] == 0) and np.all(p["n"]["scale"] == 1)
     assert abs(p["emb"].std() - 0.02) < 0.003
 
 
-def test_full_size_verdicts(issue10):
+def test_full_size_verdicts(speed_targets):
     """PASS/FAIL against the issue's targets from made-up full-size numbers."""
     r = {
         "device": {"kind": "NVIDIA H100 80GB HBM3", "platform": "gpu", "count": 1, "jax": "x"},
@@ -73,7 +77,9 @@ def test_full_size_verdicts(issue10):
         },
         "errors": {},
     }  # fmt: skip
-    table, rows = issue10.build_table(r, _args(issue10, "--size", "full", "--skip-train"))
+    table, rows = speed_targets.build_table(
+        r, _args(speed_targets, "--size", "full", "--skip-train")
+    )
     by = {row["target"]: row for row in rows}
     mfu = by["(1) CFG step MFU vs measured matmul"]
     assert mfu["ours"] == f"{100 * 25.16 / 0.1 / 800:.1f} %" and mfu["verdict"] == "PASS"
@@ -83,7 +89,7 @@ def test_full_size_verdicts(issue10):
     assert "error: sample" not in table and "NVIDIA H100" in table
 
 
-def test_parse_train_output(issue10):
+def test_parse_train_output(speed_targets):
     text = """
 CIM train step
   compile                   13.6 s
@@ -96,7 +102,7 @@ CIM train step
   MFU (spec FLOPs)          n/a
   loss (sanity)             2.0100
 """
-    t = issue10.parse_train_output(text)
+    t = speed_targets.parse_train_output(text)
     assert t == {
         "compile_s": 13.6, "step_ms": 262.0, "clips_per_s_per_device": 3.816,
         "frames_per_s_per_device": 19.08, "peak_gib": 12.5, "xla_tflop": 8.12, "loss": 2.01,

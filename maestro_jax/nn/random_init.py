@@ -13,14 +13,28 @@ import jax
 import numpy as np
 
 
-def random_like(shapes: Any, seed: int = 0) -> Any:
+def random_like(shapes: Any, seed: int = 0, pool_size: int | None = None) -> Any:
     """Random arrays with the structure and shapes of `shapes` (a tree of ShapeDtypeStructs).
 
     By leaf name: `kernel` ~ N(0, 1/fan_in) with fan_in = prod(shape[:-1]); `scale` and running
     `var` = 1; `bias` and running `mean` = 0; every other float leaf (embeddings, tokens, position
     embeddings, learned latents) ~ N(0, 0.02^2). Integer leaves are zeros.
+
+    `pool_size`: draw the normals as slices of one shared pool of that many float32 values
+    instead of independently (full-size networks in seconds instead of a minute, for benchmarks:
+    the values keep realistic statistics, not independence).
     """
     rng = np.random.default_rng(seed)
+    pool = rng.standard_normal(pool_size, dtype=np.float32) if pool_size else None
+
+    def normal(shape: tuple[int, ...]) -> np.ndarray:
+        if pool is None:
+            return rng.standard_normal(shape).astype(np.float32)
+        n = int(np.prod(shape))
+        if n > pool.size:
+            return np.resize(pool, n).reshape(shape)
+        start = int(rng.integers(0, pool.size - n + 1))
+        return pool[start : start + n].reshape(shape)
 
     def draw(path, leaf):
         name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
@@ -30,12 +44,12 @@ def random_like(shapes: Any, seed: int = 0) -> Any:
             return np.zeros(shape, dtype)
         if name == "kernel":
             std = 1.0 / np.sqrt(max(int(np.prod(shape[:-1])), 1))
-            return (rng.standard_normal(shape) * std).astype(np.float32)
+            return normal(shape) * np.float32(std)
         if name in ("scale", "var"):
             return np.ones(shape, np.float32)
         if name in ("bias", "mean"):
             return np.zeros(shape, np.float32)
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        return normal(shape) * np.float32(0.02)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 

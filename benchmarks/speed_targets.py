@@ -1,9 +1,9 @@
 """Issue 10 ("Speed on GPU and TPU"): every target measured by one run, printed as one table.
 
     # GPU (H100 / H200), full size: 320x512, 16 frames, 50 DDIM steps, CFG 12, bf16 compute
-    python benchmarks/issue10.py --size full --json $OUT/issue10.json --deadline-s 560
+    python benchmarks/speed_targets.py --size full --json $OUT/speed_targets.json --deadline-s 560
     # CPU smoke (tiny random models, a few frames; proves the script runs end to end)
-    python benchmarks/issue10.py --size tiny --skip-train
+    python benchmarks/speed_targets.py --size tiny --skip-train
 
 What is measured (random weights of the full-size shapes: speed does not depend on values):
   matmul     the card's bf16 dense matmul rate, measured with big `jnp.dot`s (the MFU denominator);
@@ -19,12 +19,12 @@ What is measured (random weights of the full-size shapes: speed does not depend 
 The orchestrator runs `sample` and `train` each in a child process (a clean device: peak memory
 is per phase, and JAX's GPU preallocation of one process cannot starve the other); a child
 writes its JSON after every measurement, so a phase cut short by --deadline-s still reports what
-it finished. Targets and reference numbers are those of issue 10 (the reference numbers were
-measured by others on an H100 with the original PyTorch code).
+it finished. The reference numbers were measured by others on an H100 with the original PyTorch
+code (VideoCrafter2 + the Maestro release).
 
 MFU = spec FLOPs / time / measured matmul rate (and, for comparison, / the datasheet peak).
 Spec FLOPs: one VideoCrafter2 UNet forward at 16x40x64 latents, batch 1 = 12.58 TFLOP
-(video_models.md), so a CFG step (batch 2) = 25.2 TFLOP; the Mosaic edit adds little. For the
+(docs/models.md, "VideoCrafter2 3D UNet"), so a CFG step (batch 2) = 25.2 TFLOP; the Mosaic edit adds little. For the
 tiny size the spec count does not apply and XLA's own count is used.
 """
 
@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# ---------------------------------------------------------------------------- issue 10 numbers
+# ---------------------------------------------------------------------------- targets and references
 SPEC_TFLOP_FWD_B1 = 12.58  # VC2 UNet forward, 16x40x64 latent, batch 1 (spec)
 SPEC_TFLOP_CFG_STEP = 2 * SPEC_TFLOP_FWD_B1
-REF = {  # original PyTorch code on an H100 (issue 10)
+REF = {  # the original PyTorch code on an H100
     "fwd_b1_ms": 234.0,
     "fwd_b2_ms": 314.0,
     "decode_s": 0.30,
@@ -122,38 +122,6 @@ def _xla_flops(compiled) -> float | None:
     return float(f) if f and f > 0 else None
 
 
-def fast_random_like(shapes: Any, seed: int = 0, pool_size: int = 1 << 24) -> Any:
-    """`maestro_jax.nn.random_init.random_like`'s rules (kernel ~ N(0, 1/fan_in), scale 1,
-    bias 0, other floats N(0, 0.02^2)) with the normal draws taken as slices of one shared
-    float32 pool: 1.4 B full-size UNet params in seconds instead of a minute (values only need
-    realistic statistics here, not independence)."""
-    import jax
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    pool = rng.standard_normal(pool_size, dtype=np.float32)
-
-    def normal(n: int) -> np.ndarray:
-        if n > pool_size:
-            return np.resize(pool, n)
-        start = int(rng.integers(0, pool_size - n + 1))
-        return pool[start : start + n]
-
-    def draw(path, leaf):
-        name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
-        shape, n = tuple(leaf.shape), int(np.prod(leaf.shape))
-        if name == "kernel":
-            std = 1.0 / np.sqrt(max(int(np.prod(shape[:-1])), 1))
-            return (normal(n) * np.float32(std)).reshape(shape)
-        if name in ("scale", "var"):
-            return np.ones(shape, np.float32)
-        if name in ("bias", "mean"):
-            return np.zeros(shape, np.float32)
-        return (normal(n) * np.float32(0.02)).reshape(shape)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
     """`gen_models.Models` with full-size (or tiny) VC2 UNet + VAE and random weights.
 
@@ -199,8 +167,9 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
         lambda: AutoencoderKL(vae_cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
     )
     pdt = jnp.dtype(args.param_dtype)
-    unet_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), fast_random_like(unet_shapes, 0))
-    vae_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), fast_random_like(vae_shapes, 1))
+    pool = 1 << 24 if args.size == "full" else None  # shared normal pool: seconds, not a minute
+    unet_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), random_like(unet_shapes, 0, pool))
+    vae_p = jax.tree.map(lambda a: jnp.asarray(a, pdt), random_like(vae_shapes, 1, pool))
     text_p = random_like(ct.abstract_params(text_cfg), 2)
     text_p = jax.tree.map(jnp.asarray, text_p)
     jax.block_until_ready((unet_p, vae_p))
@@ -289,7 +258,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
     res["models"] = info
     res["memory_after_params_gb"] = (_in_use_bytes() or 0) / 1e9 or None
     save()
-    print(f"[issue10] models ready in {info['setup_s']:.1f} s: UNet {info['unet_params_m']:.0f} M, "
+    print(f"[speed_targets] models ready in {info['setup_s']:.1f} s: UNet {info['unet_params_m']:.0f} M, "
           f"VAE {info['vae_params_m']:.1f} M, attention {info['attn_impls']}", flush=True)  # fmt: skip
 
     # ---- one Maestro job: N_A = 2 random audio sources, LR boxes, mosaic on, N_D = 6
@@ -320,7 +289,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
         first = one_sample()
         first_total = time.perf_counter() - t0
         comp = dict(acc)
-        print(f"[issue10] first sample (compile + run): {first_total:.1f} s", flush=True)
+        print(f"[speed_targets] first sample (compile + run): {first_total:.1f} s", flush=True)
         runs = [one_sample() for _ in range(args.sample_runs)]
         s_t = statistics.median(r[0] for r in runs)
         d_t = statistics.median(r[1] for r in runs)
@@ -337,17 +306,17 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
             "per_step_ms": 1e3 * s_t / size["steps"],
             "peak_gb": (_peak_bytes() or 0) / 1e9 or None,
         }
-        print(f"[issue10] sample {s_t:.2f} s + decode {d_t:.2f} s", flush=True)
+        print(f"[speed_targets] sample {s_t:.2f} s + decode {d_t:.2f} s", flush=True)
     except Exception as e:  # noqa: BLE001  (report it in the table; go on with the rest)
         res["errors"]["sample"] = f"{type(e).__name__}: {e}"
-        print(f"[issue10] sample FAILED: {res['errors']['sample']}", flush=True)
+        print(f"[speed_targets] sample FAILED: {res['errors']['sample']}", flush=True)
     save()
 
     # ---- the card's matmul rate (after the sample, so its buffers are not in the sample's peak)
     try:
         sizes = [4096, 8192, 16384] if dev.platform == "gpu" else [256, 512]
         res["matmul"] = measure_matmul(args.matmul_dtype or args.dtype, sizes, args.matmul_iters)
-        print(f"[issue10] matmul {res['matmul']}", flush=True)
+        print(f"[speed_targets] matmul {res['matmul']}", flush=True)
     except Exception as e:  # noqa: BLE001
         res["errors"]["matmul"] = f"{type(e).__name__}: {e}"
     save()
@@ -376,7 +345,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
         for name, (x, ctx, edit) in cases:
             if args.phase_deadline and time.perf_counter() - T0 + need > args.phase_deadline:
                 res["errors"][name] = "skipped: not enough time left before the deadline"
-                print(f"[issue10] {name} skipped (deadline)", flush=True)
+                print(f"[speed_targets] {name} skipped (deadline)", flush=True)
                 save()
                 continue
             try:
@@ -397,11 +366,11 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
                     "compile_s": wall,
                     "xla_tflop": (_xla_flops(compiled) or 0) / 1e12 or None,
                 }
-                print(f"[issue10] {name}: {res[name]}", flush=True)
+                print(f"[speed_targets] {name}: {res[name]}", flush=True)
                 need = 1.3 * (wall + (args.fwd_iters + 1) * statistics.median(ts)) + 5
             except Exception as e:  # noqa: BLE001
                 res["errors"][name] = f"{type(e).__name__}: {e}"
-                print(f"[issue10] {name} FAILED: {res['errors'][name]}", flush=True)
+                print(f"[speed_targets] {name} FAILED: {res['errors'][name]}", flush=True)
             save()
 
     import jax.monitoring as mon
@@ -458,7 +427,7 @@ def run_train_phase(args: argparse.Namespace, timeout: float) -> dict:
             cmd += ["--attn_impl", args.attn_impl]
     if args.remat:
         cmd += ["--remat"]
-    print(f"[issue10] train: {' '.join(cmd)}", flush=True)
+    print(f"[speed_targets] train: {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -685,7 +654,7 @@ def main(argv: list[str] | None = None) -> dict:
             results = json.loads(pj.read_text()) if pj.exists() else {"errors": {}}
             if note:
                 results.setdefault("errors", {})["process"] = note
-                print(f"[issue10] {note}", flush=True)
+                print(f"[speed_targets] {note}", flush=True)
     if not args.skip_train:
         if left() > 30:
             results["train"] = run_train_phase(args, left() - 5)
