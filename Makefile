@@ -4,12 +4,12 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean toy-world
+.PHONY: demo test lint venv clean toy-world constraints
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -17,7 +17,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m maestro_jax.demo
 
-# Rebuild the toy world's weights from scratch (about an hour on 2 CPU cores; resumable).
+# Rebuild the toy world's weights from scratch (about two hours on 2 CPU cores; resumable).
 toy-world: $(STAMP)
 	$(VPY) -m maestro_jax.toy.build
 
@@ -26,6 +26,15 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Re-pin constraints.txt to the newest releases setup.py allows (then run `make test`).
+constraints:
+	rm -rf .venv-pin && $(PY) -m venv .venv-pin && .venv-pin/bin/pip install -q --upgrade pip
+	.venv-pin/bin/pip install -q -e ".[test]"
+	{ echo "# Versions 'make' installs (pip install -c constraints.txt): the exact set the tests"; \
+	  echo "# passed with (Python 3.11, CPU). Regenerate after an intended upgrade: make constraints."; \
+	  .venv-pin/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt
+	rm -rf .venv-pin
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,10 +20,8 @@ setup(
         "array_record",
         "librosa",
         "numpy",
-        "einops",
         "ml_collections",
         "absl-py",
-        "chex",
         # Reading the released safetensors checkpoints and the golden fixtures (no torch).
         "safetensors",
         # CLIP BPE tokenizer cleaning, exactly as open_clip does it.
