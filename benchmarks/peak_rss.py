@@ -104,7 +104,7 @@ def run_measured(
     shell = isinstance(argv, str)
     watch = Path(watch_dir) if watch_dir is not None else None
     before = _files(watch) if watch is not None else {}
-    log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     killed: list[int] = []
     t0 = time.monotonic()
     try:

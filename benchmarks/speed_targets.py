@@ -96,7 +96,7 @@ def _peak_bytes() -> int | None:
 
     try:
         stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001  (some backends raise instead of returning None)
+    except Exception:  # some backends raise instead of returning None
         return None
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
@@ -106,7 +106,7 @@ def _in_use_bytes() -> int | None:
 
     try:
         stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return int(stats["bytes_in_use"]) if stats and "bytes_in_use" in stats else None
 
@@ -114,7 +114,7 @@ def _in_use_bytes() -> int | None:
 def _xla_flops(compiled) -> float | None:
     try:
         ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001  (not every backend implements it)
+    except Exception:  # not every backend implements it
         return None
     if isinstance(ca, list | tuple):
         ca = ca[0] if ca else None
@@ -307,7 +307,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
             "peak_gb": (_peak_bytes() or 0) / 1e9 or None,
         }
         print(f"[speed_targets] sample {s_t:.2f} s + decode {d_t:.2f} s", flush=True)
-    except Exception as e:  # noqa: BLE001  (report it in the table; go on with the rest)
+    except Exception as e:  # report it in the table; go on with the rest
         res["errors"]["sample"] = f"{type(e).__name__}: {e}"
         print(f"[speed_targets] sample FAILED: {res['errors']['sample']}", flush=True)
     save()
@@ -317,7 +317,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
         sizes = [4096, 8192, 16384] if dev.platform == "gpu" else [256, 512]
         res["matmul"] = measure_matmul(args.matmul_dtype or args.dtype, sizes, args.matmul_iters)
         print(f"[speed_targets] matmul {res['matmul']}", flush=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         res["errors"]["matmul"] = f"{type(e).__name__}: {e}"
     save()
 
@@ -368,7 +368,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
                 }
                 print(f"[speed_targets] {name}: {res[name]}", flush=True)
                 need = 1.3 * (wall + (args.fwd_iters + 1) * statistics.median(ts)) + 5
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 res["errors"][name] = f"{type(e).__name__}: {e}"
                 print(f"[speed_targets] {name} FAILED: {res['errors'][name]}", flush=True)
             save()
@@ -377,7 +377,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
 
     try:
         mon.unregister_event_duration_listener(listener)
-    except Exception:  # noqa: BLE001  (older JAX: nothing to unregister by function)
+    except Exception:  # older JAX: nothing to unregister by function
         pass
     return res
 

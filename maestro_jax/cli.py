@@ -51,7 +51,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(error(f"{first} (a --config file that does not load, or a bad override)"))
 
 
-def _terminate(signum, frame):  # noqa: ARG001
+def _terminate(signum, frame):
     # An exception unwinds the stack (unlike the default action), so `finally` blocks of the
     # writers remove their temporary files and folders.
     raise SystemExit(128 + signum)

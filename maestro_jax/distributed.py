@@ -71,7 +71,7 @@ def maybe_initialize(requested: bool = False) -> bool:
     kw = initialize_kwargs(requested)
     if kw is None:
         return False
-    import jax  # noqa: PLC0415
+    import jax
 
     platforms = os.environ.get("JAX_PLATFORMS") or getattr(jax.config, "jax_platforms", None)
     cpu_impl = getattr(jax.config, "jax_cpu_collectives_implementation", "gloo")
@@ -86,7 +86,7 @@ def maybe_initialize(requested: bool = False) -> bool:
 
 def is_lead() -> bool:
     """Process 0: the one that writes logs, metrics and other single-writer files."""
-    import jax  # noqa: PLC0415
+    import jax
 
     return jax.process_index() == 0
 
@@ -95,19 +95,19 @@ def barrier(name: str, timeout_s: float = 24 * 3600) -> None:
     """Wait until every process reaches `name` (a no-op for one process). Uses the coordination
     service's barrier (no device work, a long timeout: processes of a sweep finish at different
     times), else a device sync."""
-    import jax  # noqa: PLC0415
+    import jax
 
     if jax.process_count() == 1:
         return
     global _BARRIERS
     _BARRIERS += 1  # every process passes the same barriers in the same order: same ids
     name = f"{name}_{_BARRIERS}"
-    from jax._src import distributed as jax_distributed  # noqa: PLC0415
+    from jax._src import distributed as jax_distributed
 
     client = getattr(jax_distributed.global_state, "client", None)
     if client is not None and hasattr(client, "wait_at_barrier"):
         client.wait_at_barrier(name, int(timeout_s * 1000))
         return
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)

@@ -132,8 +132,8 @@ def line_plot(
     else:
         pad = (hi - lo) * 0.1
     lo, hi = lo - pad, hi + pad
-    ypix = lambda v: y1 - (v - lo) / (hi - lo) * (y1 - y0)  # noqa: E731
-    xpix = lambda i: x0 + (i + 0.5) * (x1 - x0) / n  # noqa: E731
+    ypix = lambda v: y1 - (v - lo) / (hi - lo) * (y1 - y0)
+    xpix = lambda i: x0 + (i + 0.5) * (x1 - x0) / n
     # grid + y ticks
     for v in np.linspace(lo + pad, hi - pad, 3) if finite.size else [lo, hi]:
         yp = int(round(ypix(v)))

@@ -386,7 +386,7 @@ def _brute_assign(boxes, h, w, n_f, background):
             i
             for i in range(n)
             if pf[i, f, 0] <= cx < pf[i, f, 2] and pf[i, f, 1] <= cy < pf[i, f, 3]
-        ]  # noqa: E501
+        ]
         if inside:
             out[f, y, x] = min(inside, key=lambda i: (area[i], i))
         elif background == "nearest":

@@ -215,7 +215,7 @@ def verify_openclip_text(fixture_dir: Path) -> list[Check]:
 
     Tolerance (fixture README): max|y - out| <= 1e-4 * max|out| per array.
     """
-    from maestro_jax.models.tokenizer import BPE_FILENAME, ClipTokenizer  # noqa: PLC0415
+    from maestro_jax.models.tokenizer import BPE_FILENAME, ClipTokenizer
 
     fixture_dir = Path(fixture_dir)
     config = _fixture_config(fixture_dir)
@@ -244,7 +244,7 @@ def verify_openclip_text(fixture_dir: Path) -> list[Check]:
 
 def verify_clip_tokenizer(fixture_dir: Path) -> list[Check]:
     """`open_clip.tokenize` ids and pre-truncation lengths, exactly."""
-    from maestro_jax.models.tokenizer import BPE_FILENAME, ClipTokenizer  # noqa: PLC0415
+    from maestro_jax.models.tokenizer import BPE_FILENAME, ClipTokenizer
 
     fixture_dir = Path(fixture_dir)
     with open(fixture_dir / "config.json") as f:

@@ -52,7 +52,7 @@ def reference_features(ref_files: Sequence[Path], scorers: Scorers) -> np.ndarra
     from maestro_jax.metrics import fvd
 
     cfg = scorers.cfg
-    compute: Callable = lambda files: _features([Path(f) for f in files], scorers)  # noqa: E731
+    compute: Callable = lambda files: _features([Path(f) for f in files], scorers)
     if not cfg.fvd_cache_dir:
         return compute(ref_files)
     settings = {**scorers.i3d().settings(), "weights": scorers.weights["i3d"]}

@@ -69,7 +69,7 @@ class RobertaLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         cfg = self.cfg
-        dense = lambda n, name: Dense(n, dtype=self.dtype, name=name)  # noqa: E731
+        dense = lambda n, name: Dense(n, dtype=self.dtype, name=name)
         q = split_heads(dense(cfg.hidden, "query")(x), cfg.heads)
         k = split_heads(dense(cfg.hidden, "key")(x), cfg.heads)
         v = split_heads(dense(cfg.hidden, "value")(x), cfg.heads)
@@ -105,9 +105,7 @@ class ClapTextEncoder(nn.Module):
                 f"{input_ids.shape[1]} tokens exceed RoBERTa's "
                 f"{cfg.max_positions - cfg.pad_id - 1} positions"
             )
-        emb = lambda n, name: nn.Embed(  # noqa: E731
-            n, cfg.hidden, param_dtype=jnp.float32, name=name
-        )
+        emb = lambda n, name: nn.Embed(n, cfg.hidden, param_dtype=jnp.float32, name=name)
         pos = position_ids(input_ids, cfg.pad_id)
         x = (
             emb(cfg.vocab_size, "word")(input_ids)

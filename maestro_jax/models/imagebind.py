@@ -100,7 +100,7 @@ class ImageBindConfig:
     def from_torch_kwargs(cls, kw: Mapping[str, Any], **overrides: Any) -> ImageBindConfig:
         """From `ImageBindModel(**kw)` constructor arguments (a fixture's `config.json`)."""
         base = cls()
-        get = lambda k, d: kw.get(k, d)  # noqa: E731
+        get = lambda k, d: kw.get(k, d)
         cfg = cls(
             out_dim=get("out_embed_dim", base.out_dim),
             audio_width=get("audio_embed_dim", base.audio_width),

@@ -108,7 +108,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clean_text(text: str) -> str:
     """open_clip's 'lower' cleaning: ftfy, HTML unescape twice, whitespace collapse, lower-case."""
-    import ftfy  # noqa: PLC0415  (slow import; only needed when text is tokenized)
+    import ftfy  # slow import; only needed when text is tokenized
 
     text = ftfy.fix_text(text)
     # Twice, like the original: '&amp;lt;' -> '&lt;' -> '<'.
@@ -128,7 +128,7 @@ class ClipTokenizer:
     def __init__(
         self, bpe_path: str | os.PathLike | None = None, context_length: int = CONTEXT_LENGTH
     ):
-        import regex  # noqa: PLC0415  (needed for \p{L}; stdlib re lacks it)
+        import regex  # needed for \p{L}; stdlib re lacks it
 
         self.bpe_path = default_bpe_path(bpe_path)
         self.context_length = int(context_length)
