@@ -34,11 +34,15 @@ Metrics (`maestro_jax.metrics`; the code: `maestro_jax.evaluation`):
   IA of its crop against every stem; placed when its own stem scores highest (accuracy over
   boxes, mean margin own - best other; see `metrics/placement.py`).
 
-Every value is reported with the number of videos it averages. Outputs are written atomically.
+Every value is reported with the number of videos it averages. A video that cannot be scored
+(unreadable, no audio track) is reported and skipped, the others are scored; such videos are
+listed in FILE.failures.jsonl and the exit status is 1. A video shorter than its job says is
+scored with a warning. Outputs are written atomically.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +100,18 @@ def main(argv: list[str]) -> int:
         return 2
     print(Path(md).read_text())
     print(f"wrote {js} and {md}")
+    failures = [
+        {"folder": r["name"], "video": v, "reason": why}
+        for r in results
+        for v, why in r.get("failed", {}).items()
+    ]
+    if failures:
+        from maestro_jax.files import write_text
+
+        path = Path(js).with_suffix(".failures.jsonl")
+        write_text(path, "".join(json.dumps(f) + "\n" for f in failures))
+        print(f"{len(failures)} video(s) could not be scored: see {path}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -225,3 +225,37 @@ def test_line_plot_rasteriser():
     with pytest.raises(ValueError, match="3 x labels"):
         plots.line_plot(["0", "1", "2"], {"a": [1.0]})
     assert plots.format_value(0.12345) == "0.123" and plots.format_value(585.9) == "586"
+
+
+def test_one_bad_video_does_not_sink_the_evaluation(two_videos, tmp_path):
+    """An unreadable .mp4 is reported and skipped (the others are scored, the report written,
+    a failures file lists it, exit status 1); a truncated video is scored with a warning."""
+    d = tmp_path / "mixed"
+    shutil.copytree(two_videos, d)
+    (d / "broken.mp4").write_bytes(b"not a video at all")
+    # nd4 truncated: its job said 16 frames, keep the first 8
+    from maestro_jax.audio import load_audio
+    from maestro_jax.video import read_video, write_video
+
+    frames, fps = read_video(d / "nd4.mp4")
+    audio, sr = load_audio(d / "nd4.mp4")
+    write_video(d / "nd4.mp4", frames[:8], fps, audio[:, : int(sr * 8 / fps)], sr)
+    cfg = eval_configs.get_config("runlocal")
+    logs: list[str] = []
+    (r,) = eval_score.evaluate_dirs([("mixed", d)], cfg, log=logs.append)
+    assert set(r["per_video"]) == {"nd0", "nd4"} and list(r["failed"]) == ["broken"], r["failed"]
+    assert r["n_videos"] == 3 and r["n_scored"] == 2 and r["av_align"]["n"] == 2
+    assert any("truncated" in w for w in r["per_video"]["nd4"]["warnings"])
+    assert any("broken: FAILED" in line for line in logs)
+    assert "Could not be scored (skipped): mixed/broken" in eval_report.markdown_table([r])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = tmp_path / "e.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "maestro_jax.evaluate", "--config=configs/evaluate.py:runlocal",
+         "--videos", str(d), "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert json.loads(out.read_text())["n_scored"] == 2
+    (fail,) = [json.loads(x) for x in out.with_suffix(".failures.jsonl").read_text().splitlines()]
+    assert fail["video"] == "broken" and fail["folder"] == "mixed" and fail["reason"]

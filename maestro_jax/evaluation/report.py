@@ -72,6 +72,9 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
     errors = [f"{r['name']}: {r['error']}" for r in results if r.get("error")]
     if errors:
         notes.append("- Not evaluated: " + "; ".join(errors))
+    skipped = [f"{r['name']}/{v}" for r in results for v in r.get("failed", {})]
+    if skipped:
+        notes.append(f"- Could not be scored (skipped): {', '.join(skipped)}")
     if any(r.get("weights", {}).get("random") for r in results):
         notes.append("- RANDOM tiny weights (a :runlocal config): numbers test the plumbing only.")
     return "\n".join(lines + notes) + "\n"

@@ -65,8 +65,34 @@ def _mean(xs: Sequence[float]) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
-def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = print) -> dict:
-    """IA, AV-Align (both rules) and placement of each video -> per-video dict, in order."""
+def score_videos(
+    items: Sequence[VideoItem], scorers: Scorers, log: Callable = print
+) -> tuple[dict, dict]:
+    """IA, AV-Align (both rules) and placement of each video, in order: (per-video dict of the
+    scored videos, {name: reason} of the videos that could not be scored). One bad video (an
+    unreadable file, a missing audio track) is reported and skipped; the others are scored."""
+    per_video: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for it in items:
+        t0 = time.perf_counter()
+        try:
+            rec = _score_one(it, scorers)
+        except Exception as e:
+            failed[it.name] = str(e) if isinstance(e, EvalError) else f"{type(e).__name__}: {e}"
+            log(f"  {it.name}: FAILED, skipped ({failed[it.name]})")
+            continue
+        per_video[it.name] = rec
+        ia_text = f"IA {rec['ia']:.4f}  " if "ia" in rec else ""
+        log(
+            f"  {it.name}: {ia_text}AV-Align {rec['av_align']:.4f} "
+            f"(2023: {rec['av_align_2023']:.4f})  {time.perf_counter() - t0:.1f}s"
+        )
+        for w in rec.get("warnings", []):
+            log(f"  warning: {it.name}: {w}")
+    return per_video, failed
+
+
+def _score_one(it: VideoItem, scorers: Scorers) -> dict:
     from maestro_jax import audio as audio_lib
     from maestro_jax.metrics import av_align as av
     from maestro_jax.metrics import ia as ia_lib
@@ -74,73 +100,74 @@ def score_videos(items: Sequence[VideoItem], scorers: Scorers, log: Callable = p
     from maestro_jax.metrics.av_align import read_video
 
     cfg = scorers.cfg
-    per_video: dict[str, dict] = {}
-    for it in items:
-        t0 = time.perf_counter()
-        frames, fps = read_video(it.path)
-        if frames.shape[0] < 2 or fps <= 0:
-            raise EvalError(f"{it.path}: needs >= 2 frames and a frame rate (got {len(frames)})")
-        try:
-            with warnings.catch_warnings():  # ffmpeg is fork+exec'd: JAX's fork warning is moot
-                warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-                audio, sr = audio_lib.load_audio(it.path)
-        except (audio_lib.AudioLoadError, FileNotFoundError) as e:
-            raise EvalError(
-                f"{it.path} has no readable audio track (IA and AV-Align need it): {e}"
-            ) from e
-        seconds = frames.shape[0] / fps
-        rec: dict[str, Any] = {"frames": int(frames.shape[0]), "fps": fps}
-        stem_embs = None
-        stems = [audio_lib.load_audio(s) for s in it.stems]
-        stems = [(_fit(w, r, seconds), r) for w, r in stems]
-        if not uses_imagebind(cfg):
-            pass
-        elif cfg.ia_audio == "mixture":
-            frame_emb = scorers.vision(frames)
-            emb = scorers.audio(_fit(audio, sr, seconds), sr, cfg.ia_embedding)
-            rec["ia"] = ia_lib.ia_video(frame_emb, emb)
-        else:
-            frame_emb = scorers.vision(frames)
-            embs = [scorers.audio(w, r, cfg.ia_embedding) for w, r in stems]
-            rec["ia"] = ia_lib.ia_video(frame_emb, {"sources": embs}, "sources")
-            if cfg.ia_embedding == "clip_mean":
-                stem_embs = embs
-        res = av.av_align_details(
-            frames, fps, audio.T, sr, both_empty=float(cfg.av_align_both_empty)
+    frames, fps = read_video(it.path)
+    if frames.shape[0] < 2 or fps <= 0:
+        raise EvalError(f"{it.path}: needs >= 2 frames and a frame rate (got {len(frames)})")
+    try:
+        with warnings.catch_warnings():  # ffmpeg is fork+exec'd: JAX's fork warning is moot
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            audio, sr = audio_lib.load_audio(it.path)
+    except (audio_lib.AudioLoadError, FileNotFoundError) as e:
+        raise EvalError(
+            f"{it.path} has no readable audio track (IA and AV-Align need it): {e}"
+        ) from e
+    seconds = frames.shape[0] / fps
+    rec: dict[str, Any] = {"frames": int(frames.shape[0]), "fps": fps, "warnings": []}
+    expected = ((it.settings or {}).get("video") or {}).get("frames")
+    if expected and frames.shape[0] < int(expected):
+        rec["warnings"].append(
+            f"the video has {frames.shape[0]} frames, its job wrote {int(expected)}: "
+            "truncated? scored on the frames it has"
         )
-        rec["av_align"] = float(res.scores["2025"])
-        rec["av_align_2023"] = float(res.scores["2023"])
-        rec["audio_peaks"] = len(res.audio_peaks)
-        rec["video_peaks_2025"] = len(res.video_peaks["2025"])
-        k = 0 if it.boxes is None else it.boxes.shape[0]
-        if cfg.get("toy_placement", False):
-            rec["placement"] = _toy_placement(it, frames)
-        elif cfg.placement and uses_imagebind(cfg) and k >= 2 and len(it.stems) == k:
-            if it.boxes.shape[1] != frames.shape[0]:
-                raise EvalError(
-                    f"{it.name}.json has boxes for {it.boxes.shape[1]} frames, the video has "
-                    f"{frames.shape[0]}"
-                )
-            if stem_embs is None:
-                stem_embs = [scorers.audio(w, r, "clip_mean") for w, r in stems]
-            size = scorers.ib_config.image_size
-            crops = pl.crop_boxes(frames, it.boxes, size)  # [K, T, S, S, 3]
-            crop_emb = scorers.vision(crops.reshape(-1, size, size, 3)).reshape(k, len(frames), -1)
-            sim = pl.crop_stem_similarity(crop_emb, np.stack(stem_embs))
-            pr = pl.placement_from_similarity(sim, np.arange(k))
-            rec["placement"] = {
-                "accuracy": pr.accuracy, "margin": pr.margin, "n_boxes": pr.n,
-                "correct": pr.correct.tolist(), "similarity": sim.tolist(),
-                "margins": (np.diag(sim) - np.where(np.eye(k, dtype=bool), -np.inf, sim).max(1))
-                .tolist(),
-            }  # fmt: skip
-        per_video[it.name] = rec
-        ia_text = f"IA {rec['ia']:.4f}  " if "ia" in rec else ""
-        log(
-            f"  {it.name}: {ia_text}AV-Align {rec['av_align']:.4f} "
-            f"(2023: {rec['av_align_2023']:.4f})  {time.perf_counter() - t0:.1f}s"
+    stem_embs = None
+    stems = [audio_lib.load_audio(s) for s in it.stems]
+    stems = [(_fit(w, r, seconds), r) for w, r in stems]
+    if not uses_imagebind(cfg):
+        pass
+    elif cfg.ia_audio == "mixture":
+        frame_emb = scorers.vision(frames)
+        emb = scorers.audio(_fit(audio, sr, seconds), sr, cfg.ia_embedding)
+        rec["ia"] = ia_lib.ia_video(frame_emb, emb)
+    else:
+        frame_emb = scorers.vision(frames)
+        embs = [scorers.audio(w, r, cfg.ia_embedding) for w, r in stems]
+        rec["ia"] = ia_lib.ia_video(frame_emb, {"sources": embs}, "sources")
+        if cfg.ia_embedding == "clip_mean":
+            stem_embs = embs
+    res = av.av_align_details(frames, fps, audio.T, sr, both_empty=float(cfg.av_align_both_empty))
+    rec["av_align"] = float(res.scores["2025"])
+    rec["av_align_2023"] = float(res.scores["2023"])
+    rec["audio_peaks"] = len(res.audio_peaks)
+    rec["video_peaks_2025"] = len(res.video_peaks["2025"])
+    k = 0 if it.boxes is None else it.boxes.shape[0]
+    if cfg.get("toy_placement", False):
+        rec["placement"] = _toy_placement(it, frames)
+    elif cfg.placement and uses_imagebind(cfg) and k >= 2 and len(it.stems) == k:
+        boxes = _boxes_for(it, frames.shape[0])
+        if stem_embs is None:
+            stem_embs = [scorers.audio(w, r, "clip_mean") for w, r in stems]
+        size = scorers.ib_config.image_size
+        crops = pl.crop_boxes(frames, boxes, size)  # [K, T, S, S, 3]
+        crop_emb = scorers.vision(crops.reshape(-1, size, size, 3)).reshape(k, len(frames), -1)
+        sim = pl.crop_stem_similarity(crop_emb, np.stack(stem_embs))
+        pr = pl.placement_from_similarity(sim, np.arange(k))
+        rec["placement"] = {
+            "accuracy": pr.accuracy, "margin": pr.margin, "n_boxes": pr.n,
+            "correct": pr.correct.tolist(), "similarity": sim.tolist(),
+            "margins": (np.diag(sim) - np.where(np.eye(k, dtype=bool), -np.inf, sim).max(1))
+            .tolist(),
+        }  # fmt: skip
+    return rec
+
+
+def _boxes_for(it: VideoItem, num_frames: int) -> np.ndarray:
+    """The job's boxes [K, T, 4] of the video's frames: a truncated video (fewer frames than its
+    job wrote, reported as a warning) uses the boxes of the frames it has."""
+    if it.boxes.shape[1] < num_frames:
+        raise EvalError(
+            f"{it.name}.json has boxes for {it.boxes.shape[1]} frames, the video has {num_frames}"
         )
-    return per_video
+    return it.boxes[:, :num_frames]
 
 
 def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
@@ -156,12 +183,7 @@ def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
             "(a toyworld.json next to the stems, as `python -m maestro_jax.sweep` writes for "
             "toy jobs); or set --config.toy_placement=False"
         )
-    if it.boxes.shape[1] != frames.shape[0]:
-        raise EvalError(
-            f"{it.name}.json has boxes for {it.boxes.shape[1]} frames, the video has "
-            f"{frames.shape[0]}"
-        )
-    correct = toyworld.placement(frames, it.boxes, classes)  # [K, T]
+    correct = toyworld.placement(frames, _boxes_for(it, frames.shape[0]), classes)  # [K, T]
     return {
         "metric": "toy_colour", "accuracy": float(correct.mean()), "n_boxes": len(classes),
         "classes": classes, "correct": correct.tolist(),
@@ -169,7 +191,13 @@ def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
 
 
 def summarise(
-    name: str, videos_dir: Path, items: Sequence[VideoItem], per_video: dict, cfg, scorers
+    name: str,
+    videos_dir: Path,
+    items: Sequence[VideoItem],
+    per_video: dict,
+    cfg,
+    scorers,
+    failed: dict | None = None,
 ) -> dict:
     """Per-folder result: every metric with its value and the number of videos."""
     from maestro_jax.metrics import av_align as av
@@ -185,6 +213,8 @@ def summarise(
         "videos_dir": str(videos_dir),
         "n_videos": len(items),
         "videos": [it.name for it in items],
+        "n_scored": len(per_video),
+        "failed": dict(failed or {}),
         "ia": (
             {"value": ia_val, "n": ia_n, "audio": cfg.ia_audio, "embedding": cfg.ia_embedding}
             if ias
@@ -249,12 +279,12 @@ def evaluate_dirs(
     results = []
     for name, d, items in listed:
         log(f"evaluating {name} ({len(items)} videos in {d})")
-        per_video = score_videos(items, scorers, log)
-        res = summarise(name, d, items, per_video, cfg, scorers)
+        per_video, failed = score_videos(items, scorers, log)
+        res = summarise(name, d, items, per_video, cfg, scorers, failed)
         if reference is not None:
             if ref_feats is None:
                 ref_feats = reference_features(ref_files, scorers)
-            gen = _features([it.path for it in items], scorers)
+            gen = _features([it.path for it in items if it.name in per_video], scorers)
             r = fvd.fvd_from_features(gen, ref_feats, cfg.fvd_convention, cfg.fvd_sqrt)
             res["fvd"] = {
                 "value": r.fvd, "n": r.n_gen, "n_gen": r.n_gen, "n_real": r.n_real,
