@@ -25,7 +25,7 @@ code (VideoCrafter2 + the Maestro release).
 MFU = spec FLOPs / time / measured matmul rate (and, for comparison, / the datasheet peak).
 Spec FLOPs: one VideoCrafter2 UNet forward at 16x40x64 latents, batch 1 = 12.58 TFLOP
 (docs/models.md, "VideoCrafter2 3D UNet"), so a CFG step (batch 2) = 25.2 TFLOP; the Mosaic edit adds little. For the
-tiny size the spec count does not apply and XLA's own count is used.
+tiny size the analytic count does not apply and XLA's own count is used.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # ---------------------------------------------------------------------------- targets and references
-SPEC_TFLOP_FWD_B1 = 12.58  # VC2 UNet forward, 16x40x64 latent, batch 1 (spec)
+SPEC_TFLOP_FWD_B1 = 12.58  # VC2 UNet forward, 16x40x64 latent, batch 1 (docs/models.md)
 SPEC_TFLOP_CFG_STEP = 2 * SPEC_TFLOP_FWD_B1
 REF = {  # the original PyTorch code on an H100
     "fwd_b1_ms": 234.0,

@@ -11,7 +11,7 @@ frames/s per device, peak device memory, FLOPs per step and MFU.
 
 FLOPs: `compiled.cost_analysis()['flops']` of the jitted step (XLA's count for the partitioned
 per-device program; it counts dots and convolutions as 2 * MAC) and, for comparison, the
-analytic estimate from the spec (video_models.md 5): 0.80 TFLOP per 64 x 64 frame for the SD 2.1
+analytic estimate (docs/models.md, "Compute summary"): 0.80 TFLOP per 64 x 64 frame for the SD 2.1
 UNet forward; the backward pass only needs input gradients (the UNet is frozen, XLA drops the
 weight-gradient convolutions), about one more forward, plus one forward with --remat; so
 UNet FLOPs per step ~= frames * views * 0.80 T * (2, or 3 with remat). VAE encoding (--frames),
@@ -47,7 +47,9 @@ from maestro_jax.training import cim as training  # noqa: E402
 from maestro_jax.training.cim_config import get_config  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
-UNET_TFLOP_PER_FRAME = 0.80  # spec video_models.md 5: SD 2.1 UNet forward, 64 x 64 latent
+UNET_TFLOP_PER_FRAME = (
+    0.80  # docs/models.md, "Compute summary": SD 2.1 UNet forward, 64 x 64 latent
+)
 
 
 def _peak(device_kind: str, override: float | None) -> float | None:

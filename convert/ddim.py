@@ -1,6 +1,6 @@
 """The `vc2_ddim` fixture: VideoCrafter2's schedule + DDIM sampler with CFG on the tiny UNet.
 
-    python -m convert.verify ../shared/fixtures/vc2_ddim
+    python -m convert.verify FIXTURES/vc2_ddim
 
 There are no DDIM weights to convert; this module holds the fixture checks:
 - `schedule_checks`: every `out_ddim_*` table and the 13 schedule buffers of the state dict

@@ -1,6 +1,6 @@
 """Verify `maestro_jax.audio` against the `imagebind_fbank` fixture (no weights to convert).
 
-    python -m convert.verify /work/shared/fixtures/imagebind_fbank
+    python -m convert.verify FIXTURES/imagebind_fbank
 
 Bounds from the fixture README: raw fbank max_abs 1e-2 (log units; float32 FFT rounding near
 the floor), normalised mel and pipeline outputs max_abs 1.5e-3; the floored entries and the clip sample ranges / exact clip

@@ -1,7 +1,7 @@
 """Fixture checks of the evaluation metrics (no weights): `frechet` and `av_align`.
 
-    python -m convert.verify ../shared/fixtures/frechet
-    python -m convert.verify ../shared/fixtures/av_align
+    python -m convert.verify FIXTURES/frechet
+    python -m convert.verify FIXTURES/av_align
 
 Tolerances are the fixture READMEs': frechet `_ab` relative 1e-9, `_cb` relative 1e-7, `_aa`
 absolute 1e-8 (float64); av_align peak times and scores exact, flow absolute 1e-5, onset envelope

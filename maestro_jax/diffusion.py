@@ -1,6 +1,6 @@
 """Noise schedule, DDIM sampling (one `lax.scan`), classifier-free guidance, x0 rescaling.
 
-Spec: `shared/spec/video_models.md` 1.5 (VideoCrafter2 `ddpm3d.py`, `samplers/ddim.py`) and 2.1
+Facts: docs/models.md, "DDIM schedule and use_scale" and "Stable Diffusion 2.1 UNet" > "Configurations"; originals: (VideoCrafter2 `ddpm3d.py`, `samplers/ddim.py`) and 2.1
 (SD 2.1, eps or v prediction). Paper: DDIM, Song et al. 2021, eq. 12; CFG, Ho & Salimans 2022.
 
 Schedule

@@ -1,6 +1,6 @@
 """Encode audio files into CIM audio tokens and write them to a .npz.
 
-    python -m maestro_jax.encode_audio --audio ../shared/audio/dog.wav \
+    python -m maestro_jax.encode_audio --audio dog.wav \
         --config=configs/audio.py:runlocal [--out tokens.npz]
 
 Prints, per file, the mel, trunk-token and audio-token shapes; the .npz holds `tokens`

@@ -32,11 +32,11 @@ def ffmpeg():
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-# --- float64 NumPy reference of Kaldi's fbank, written independently from the spec rows ---------
+# --- float64 NumPy reference of Kaldi's fbank, written independently from docs/models.md ---------
 
 
 def _np_fbank(wave, preemph=0.97, symmetric=True, floor=1.1920929e-7):
-    """audio_models.md 1.1 in float64: [C, N] -> [128, T]."""
+    """docs/models.md, "Audio front end", in float64: [C, N] -> [128, T]."""
     w = np.asarray(wave, np.float64)
     w = w - w.mean()
     x = w[0]

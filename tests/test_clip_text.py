@@ -242,7 +242,7 @@ def test_shapes_and_errors():
 
 
 def test_matches_float64_reference_and_spec_choices():
-    """eps 1e-5 and exact GELU against the spec, on inputs where the alternatives differ."""
+    """eps 1e-5 and exact GELU against docs/models.md (numeric traps), on inputs where the alternatives differ."""
     for cfg in (ct.vit_h14(), ct.vit_h14_hf(), ct.tiny()):
         assert cfg.ln_eps == 1e-5
     c = SMALL

@@ -62,7 +62,7 @@ def toy_eps(x, t, cond, step, xp=jnp):
 
 
 def numpy_ddim(schedule, x, cond, uncond, guidance, eta, noise, steps=S, model=toy_eps, v=False):
-    """Float64 DDIM loop straight from spec 1.5 (independent of maestro_jax.diffusion)."""
+    """Float64 DDIM loop straight from docs/models.md, "DDIM timesteps and update" (independent of maestro_jax.diffusion)."""
     ac = schedule.alphas_cumprod.astype(np.float64)
     sc = schedule.scale_arr.astype(np.float64)
     ts = np.arange(0, 1000, 1000 // steps) + 1

@@ -40,6 +40,7 @@ def _nd_config(audio_dir: Path, outdir: Path):
     cfg.param_values = ND_VALUES
     cfg.audio_dir = str(audio_dir)
     cfg.stems = "dog.wav+violin.wav:LR"
+    cfg.toy_jobs = 0
     cfg.outdir = str(outdir)
     cfg.generation.compilation_cache = ""
     return cfg
@@ -174,7 +175,7 @@ def test_sweep_plans(audio_dir, tmp_path):
     for mod in (nd_cfg, modes_cfg, nq_cfg, lambda1_cfg):
         for variant in ("default", "runlocal"):
             c = mod.get_config(variant)
-            c.audio_dir, c.outdir = str(audio_dir), str(tmp_path / c.param)
+            c.audio_dir, c.outdir, c.toy_jobs = str(audio_dir), str(tmp_path / c.param), 0
             cfgs[(c.param, variant)] = c
     assert tuple(cfgs[("n_d", "default")].param_values) == (0, 2, 4, 6, 8, 12, 50)
     pts = sw.plan(cfgs[("n_d", "runlocal")])
@@ -259,3 +260,13 @@ def test_one_bad_video_does_not_sink_the_evaluation(two_videos, tmp_path):
     assert json.loads(out.read_text())["n_scored"] == 2
     (fail,) = [json.loads(x) for x in out.with_suffix(".failures.jsonl").read_text().splitlines()]
     assert fail["video"] == "broken" and fail["folder"] == "mixed" and fail["reason"]
+
+
+def test_runlocal_sweep_needs_no_files(tmp_path):
+    """The runlocal sweeps run on toy scenes made on the fly (no audio folder to give)."""
+    c = nd_cfg.get_config("runlocal")
+    assert c.audio_dir == "" and c.toy_jobs == 1
+    c.outdir = str(tmp_path)
+    pts = sw.plan(c)
+    stems = [Path(s) for s in pts[0].jobs[0].audio]
+    assert stems and all(p.is_file() and str(tmp_path) in str(p) for p in stems)

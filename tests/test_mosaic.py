@@ -1,7 +1,7 @@
 """Attention Mosaic: contexts, boxes, rasterisation, Object Locating and Mosaic Denoising.
 
 References: the `object_locating` fixture (release `dd_core`) and float64 numpy re-implementations
-written here from maestro.md (naive loops over sources and cells).
+written here from docs/method.md (naive loops over sources and cells).
 """
 
 import itertools
@@ -321,7 +321,7 @@ def test_unet_resolutions():
 
 @pytest.mark.parametrize("hw", VC2_RES)
 def test_presets_reproduce_release_mosaic_regions(hw):
-    # release (video_models.md 4.5): LR columns [0, w//2) -> source 1; TD top int(.4h) rows.
+    # release (docs/method.md, "Cell assignment"): LR columns [0, w//2) -> source 1; TD top int(.4h) rows.
     h, w = hw
     _, lr = mosaic.preset("LR")
     _, td = mosaic.preset("TD")
@@ -375,7 +375,7 @@ def test_keyframed_interpolation():
 
 
 def _brute_assign(boxes, h, w, n_f, background):
-    """Cell by cell, straight from maestro.md (centre rule)."""
+    """Cell by cell, straight from docs/method.md (centre rule)."""
     pf = np.stack([b.per_frame(n_f) for b in boxes])
     n = len(boxes)
     out = np.zeros((n_f, h, w), int)
@@ -502,7 +502,7 @@ def _np_mosaic(env, q, hw, boxes, background):
 
 
 def _np_locate(env, q, hw, boxes, space="logits", s=0.5, wk=0.05):
-    """Float64 numpy Object Locating (maestro.md), per-sample max over the whole tensor."""
+    """Float64 numpy Object Locating (docs/method.md), per-sample max over the whole tensor."""
     r = mosaic.rasterize(boxes, hw, env["n_f"])
     n_a, n_f = len(boxes), env["n_f"]
     q = q.astype(np.float64)

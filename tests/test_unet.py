@@ -88,7 +88,7 @@ def test_sd21_unet_fixture(fixtures_dir):
 def test_full_keys_vc2(fixtures_dir):
     cfg = UNetConfig.vc2()
     target = init_shapes(cfg)
-    assert _n_params(target) == 1_413_284_420  # spec 1.8
+    assert _n_params(target) == 1_413_284_420  # docs/models.md, VC2 "Size and compute"
     full = load_full_keys(fixtures_dir / "vc2_unet3d" / "full_keys.json")
     assert len(full) == 1484
     check_table_against_keys(full, unet_table(cfg, "ldm", LDM_PREFIX, target), target)
@@ -97,7 +97,7 @@ def test_full_keys_vc2(fixtures_dir):
 def test_full_keys_sd21(fixtures_dir):
     cfg = UNetConfig.sd21()
     target = init_shapes(cfg)
-    assert _n_params(target) == 865_910_724  # spec 1.8 / sd21 README
+    assert _n_params(target) == 865_910_724  # docs/models.md, SD 2.1 "Size and compute"
     fx = fixtures_dir / "sd21_unet"
     ldm = load_full_keys(fx / "full_keys_ldm.json")
     dif = load_full_keys(fx / "full_keys_diffusers.json")
@@ -115,7 +115,7 @@ def test_full_keys_sd21(fixtures_dir):
 
 
 def test_layout_indices():
-    """SD's indices come out of the same layout code with temporal parts off (spec 2.1)."""
+    """SD's indices come out of the same layout code with temporal parts off (docs/models.md)."""
     vc, sd = unet_layout(UNetConfig.vc2()), unet_layout(UNetConfig.sd21())
     assert [x.kind for x in vc.middle_block] == ["res", "spatial", "temporal", "res"]
     assert [x.kind for x in sd.middle_block] == ["res", "spatial", "res"]
@@ -269,7 +269,7 @@ def test_temporal_conv_block_matches_float64_reference():
 
 
 def test_geglu_is_exact_erf():
-    """BasicTransformerBlock's FF: value * gelu_erf(gate), value = first half (spec 1.3)."""
+    """BasicTransformerBlock's FF: value * gelu_erf(gate), value = first half (docs/models.md, "Module internals")."""
     ff = unet_mod._FeedForward(dim=4)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)) * 3, jnp.float32)
     p = ff.init(jax.random.PRNGKey(0), x)["params"]

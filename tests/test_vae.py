@@ -149,7 +149,7 @@ def test_full_size_ldm_keys(fixtures_dir):
     cfg = VAEConfig.sd()
     target = init_shapes(cfg)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(target))
-    assert n == 83_653_863  # spec 1.6
+    assert n == 83_653_863  # docs/models.md, "VAE" > "Size and compute"
     keys = load_full_keys(fixtures_dir / "vc2_vae" / "full_keys.json")
     check_table_against_keys(keys, vae_table(cfg, "ldm", prefix=LDM_PREFIX), target)
     # the same set without the prefix, and a missing key is named

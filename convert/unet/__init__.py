@@ -21,7 +21,7 @@ come out by construction:
   Conv1d k=1 proj_in/out -> Dense.
 - SD 2.1 LDM: the same rule; with temporal parts off the layout itself gives SD's indices
   (middle_block.2 = VC's middle_block.3, output_blocks.{5,8}.2.conv = VC's .3.conv).
-- SD 2.1 diffusers (spec 2.2): input_blocks.i -> down_blocks.(i-1)//3 resnets/attentions/
+- SD 2.1 diffusers (docs/models.md, "Stable Diffusion 2.1 UNet" > "Checkpoint keys"): input_blocks.i -> down_blocks.(i-1)//3 resnets/attentions/
   downsamplers, middle_block -> mid_block, output_blocks.i -> up_blocks.i//3, time_embed ->
   time_embedding.linear_{1,2}, input_blocks.0.0 -> conv_in, out.{0,2} -> conv_norm_out/conv_out,
   ResBlock names in_layers.0 -> norm1 and so on.
@@ -62,7 +62,7 @@ from maestro_jax.models.unet import UNet, UNetConfig, layer_kinds, unet_layout
 LDM_PREFIX = "model.diffusion_model."
 KINDS = ("vc2", "sd21_ldm", "sd21_diffusers")
 
-# Everything else a full LDM / VideoCrafter2 `model.ckpt` holds (spec 1.7): the VAE, the text
+# Everything else a full LDM / VideoCrafter2 `model.ckpt` holds (docs/models.md, "VideoCrafter2 3D UNet" > "Checkpoint keys"): the VAE, the text
 # encoder, the schedule buffers; `model_ema.*` for EMA checkpoints. Ignored by name.
 LDM_OTHER_KEYS = (
     r"first_stage_model\..*",
@@ -142,7 +142,8 @@ _RESNET_DIFFUSERS = {
 
 
 def _ldm_to_diffusers(key: str, cfg: UNetConfig) -> str:
-    """LDM UNet key (no prefix) -> diffusers `UNet2DConditionModel` key (spec 2.2)."""
+    """LDM UNet key (no prefix) -> diffusers `UNet2DConditionModel` key (docs/models.md,
+    "Stable Diffusion 2.1 UNet" > "Checkpoint keys")."""
     lay = unet_layout(cfg)
     per = cfg.num_res_blocks + 1  # layers per down block (resnets + downsampler), per up block
     simple = {

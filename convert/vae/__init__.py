@@ -7,7 +7,7 @@
     [--trust_pickle]     # see convert.common.load_state_dict
 
 LDM keys may carry the `first_stage_model.` prefix (the VC2 `model.ckpt` does; every other key of
-that file is ignored). Diffusers keys follow spec 2.2: `decoder.up.{n-1-i}` -> `up_blocks.i`,
+that file is ignored). Diffusers keys follow docs/models.md, "VAE" > "Checkpoint keys": `decoder.up.{n-1-i}` -> `up_blocks.i`,
 `nin_shortcut` -> `conv_shortcut`, mid attention `to_q/k/v/to_out.0` as Linear (C, C) where
 LDM has 1x1 convs.
 """

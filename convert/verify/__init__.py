@@ -1,6 +1,6 @@
 """Check a converter + Flax module against a golden fixture made from the original code.
 
-    python -m convert.verify ../shared/fixtures/vc2_unet3d [--kind vc2_unet3d]
+    python -m convert.verify FIXTURES/vc2_unet3d [--kind vc2_unet3d]
 
 Builds the module from the fixture's `config.json`, converts its state dict(s), runs every
 `io*.npz` and prints `name max_abs rel_l2 tol` per output, then `PASS` or `FAIL` (exit 0 only on

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 # ==================================================================================================
-# SpecAugment (maestro.md, Training: A' = SpecAugment(A))
+# SpecAugment (docs/method.md, "Training the CIM": A' = SpecAugment(A))
 # ==================================================================================================
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from maestro_jax.audio.io import resample
 
-# --- ImageBind / Kaldi constants (audio_models.md 1.1) -------------------------------------------
+# --- ImageBind / Kaldi constants (docs/models.md, "Audio front end") ----------------------------
 IMAGEBIND_SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
 TARGET_LENGTH = 204  # frames fed to ImageBind (2 s = 198 frames + 6 zero-padded)
@@ -42,7 +42,7 @@ MEL_STD = 9.138
 CLIP_DURATION = 2.0
 
 # ==================================================================================================
-# Kaldi-compatible fbank (ImageBind's waveform2melspec), audio_models.md 1.1
+# Kaldi-compatible fbank (ImageBind's waveform2melspec), docs/models.md, "Audio front end"
 # ==================================================================================================
 
 
@@ -95,7 +95,7 @@ def num_fbank_frames(num_samples: int) -> int:
 def waveform_to_fbank(wave: jax.Array, remove_dc: bool = True) -> jax.Array:
     """ImageBind's raw Kaldi fbank of one clip: [C, N] at 16 kHz -> [128, T] (natural-log mel).
 
-    Steps (audio_models.md 1.1; `kaldi.fbank(htk_compat=True, use_energy=False,
+    Steps (docs/models.md, "Audio front end" > "Waveform to log-mel"; `kaldi.fbank(htk_compat=True, use_energy=False,
     window_type='hanning', num_mel_bins=128, dither=0, frame_length=25, frame_shift=10)`):
     subtract ONE mean over all channels and samples (`remove_dc`; ImageBind's in-place
     `waveform -= waveform.mean()`), keep channel 0, 400-sample frames every 160 samples
@@ -175,7 +175,7 @@ def waveform_to_melspec_batch(
 
 
 # ==================================================================================================
-# Clip sampling (pytorchvideo ConstantClipsPerVideoSampler), audio_models.md 1.2
+# Clip sampling (pytorchvideo ConstantClipsPerVideoSampler), docs/models.md, "Clip samplers"
 # ==================================================================================================
 
 CLIP_RULES = ("git", "pypi015")
@@ -346,6 +346,6 @@ def imagebind_audio_input(
 
 
 def segment_for_frame(f, num_frames: int, num_segments: int):
-    """Audio segment s = floor(f * S / N_F) that video frame f uses (maestro.md, Pipeline 4).
+    """Audio segment s = floor(f * S / N_F) that video frame f uses (docs/method.md, "Frame-to-segment mapping").
     Works on Python ints and integer arrays."""
     return (f * num_segments) // num_frames

@@ -32,7 +32,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "VHQ") -> np
     """Resample [C, N] (or [N]) audio from `sr_in` to `sr_out` Hz with soxr (per channel).
 
     VHQ is what the `imagebind_fbank` fixture used to make its 16 kHz inputs. ImageBind itself
-    uses torchaudio's sinc resampler; neither is bit-equal to the other (audio_models.md 1.1).
+    uses torchaudio's sinc resampler; neither is bit-equal to the other (docs/models.md, "Audio front end").
     """
     x = np.asarray(x, np.float32)
     if sr_in <= 0 or sr_out <= 0:

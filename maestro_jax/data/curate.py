@@ -1,4 +1,4 @@
-"""Curate a prepared dataset (paper section 4.1; spec `maestro.md`, "Data curation").
+"""Curate a prepared dataset (paper section 4.1; docs/method.md, "Data curation").
 
     python -m data.curate --data OUT --imagebind CKPT_DIR|random-tiny --out CURATED \
         [--bpe bpe_simple_vocab_16e6.txt.gz] [--flow_threshold 0.1] [--batch_size 16]

@@ -26,7 +26,7 @@ def frame_indices(
 ) -> list[int]:
     """Indices of the frames a training record keeps out of a clip's F decoded frames.
 
-    'default' (spec, "Training the CIM"): the first frame, then every k = ceil(F / (S - 1))
+    'default' (docs/method.md, "Token sets and frames"): the first frame, then every k = ceil(F / (S - 1))
       frames: i * k for i < S. The last one, (S - 1) k, can pass F - 1 (F = 250, S = 5 gives
       k = 63 and 252); it is clamped to the last frame, F - 1.
     'release' (the release's `sound_dataset.py`): stride = F // S; per segment [a, b) =

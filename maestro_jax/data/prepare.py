@@ -1,4 +1,4 @@
-"""Prepare a TFDS-format audio-visual dataset for training the CIM (spec `maestro.md`,
+"""Prepare a TFDS-format audio-visual dataset for training the CIM (docs/method.md,
 "Training the CIM"): one record per 10 s clip with the frames the method needs, the ImageBind
 mel input of its S = 5 two-second clips, and the 16 kHz audio.
 

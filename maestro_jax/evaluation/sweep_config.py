@@ -2,28 +2,21 @@
 
 Each config embeds a generation config (`maestro_jax.generation.config.generation_config`) and an
 evaluation config (`configs/evaluate.py`), the swept parameter and its values, and the jobs:
-`stems` ('a.wav+b.wav:LR; c.wav+d.wav:TD', files in `audio_dir`) or `jobs_file` (generate's JSONL
-jobs, e.g. a test set). See `maestro_jax/sweep.py` for the commands that reproduce Fig. 7 and
+`stems` ('a.wav+b.wav:LR; c.wav+d.wav:TD', files in `audio_dir`), `jobs_file` (generate's JSONL
+jobs, e.g. a test set) or `toy_jobs` (random toy-world scenes; the `runlocal` default). See
+`python -m maestro_jax.sweep --help` (its docstring) for the commands that reproduce Fig. 7 and
 Tables 1-2.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import ml_collections
 
 from maestro_jax.evaluation.config import evaluation_config
 from maestro_jax.generation.config import generation_config
 
-# The project's real test recordings: shared/audio inside the repository or next to it.
-_REPO = Path(__file__).resolve().parents[2]
-_SHARED_AUDIO = next(
-    (p for p in (_REPO / "shared" / "audio", _REPO.parent / "shared" / "audio") if p.is_dir()),
-    _REPO.parent / "shared" / "audio",
-)
-
-# Two-source pairs of the shared recordings with the paper's left / right and top / down layouts.
+# Example two-source pairs (files in `audio_dir`) with the paper's left / right and top / down
+# layouts.
 DEFAULT_STEMS = (
     "dog.wav+violin.wav:LR; cat.wav+piano.wav:LR; drum.wav+guitar.wav:TD; "
     "fire.wav+female_singing.wav:LR; car.wav+trumphet.wav:TD; ambulance.wav+chello.wav:LR"
@@ -45,14 +38,15 @@ def sweep_config(
     c.param_values = runlocal_values if variant == "runlocal" else values
     c.generation = generation_config(variant)
     c.evaluation = evaluation_config(variant)
-    c.audio_dir = str(_SHARED_AUDIO) if _SHARED_AUDIO.is_dir() else ""
+    c.audio_dir = ""  # the folder of the `stems` files
     c.stems = DEFAULT_STEMS
     c.jobs_file = ""  # JSONL jobs (maestro_jax.generate's format); overrides `stems`
     c.max_jobs = 1 if variant == "runlocal" else 0  # 0 = all jobs
     # Toy world (configs/toy.py:sweep_nd): `toy_jobs` random scenes per source count in
     # `toy_sources` (maestro_jax.toy.evaluate.make_jobs), their stems and true classes written to
     # OUTDIR/toy_jobs/; overrides `stems` / `jobs_file`. 0 = off.
-    c.toy_jobs = 0
+    # runlocal: one toy scene per source count (its stems are made on the fly: no files needed)
+    c.toy_jobs = 1 if variant == "runlocal" else 0
     c.toy_sources = (2, 3)
     c.toy_seed = 0
     c.reference = ""  # folder of real videos: FVD when given

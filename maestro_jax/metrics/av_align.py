@@ -1,6 +1,7 @@
 """AV-Align (TempoTokens `av_align.py`; Maestro paper section 4.5): audio onsets vs optical-flow peaks.
 
-Spec: `shared/spec/audio_models.md` section 5; fixture `av_align`.
+Facts: docs/models.md, "AV-Align" (protocol: docs/method.md, "Evaluation" > "AV-Align");
+fixture `av_align`.
 
 - **Audio peaks**: the waveform at 22050 Hz mono (`librosa.load` semantics: channel mean, soxr_hq
   resampling), `librosa.onset.onset_strength` and `onset_detect` with their defaults (hop 512),

@@ -1,4 +1,4 @@
-"""IA: ImageBind image–audio alignment (Maestro paper section 4.5; spec `audio_models.md` section 5).
+"""IA: ImageBind image–audio alignment (Maestro paper section 4.5; docs/method.md, "Evaluation" > "IA").
 
 IA of a video = mean over its frames of cos(vision embedding of the frame, audio embedding); the
 dataset IA = mean over videos (reported with the number of videos). It is a **cosine**, not a dot

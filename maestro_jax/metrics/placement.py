@@ -27,7 +27,7 @@ assigned to the nearest class colour; accuracy over (box, frame) pairs and the m
 to the nearest other class colour minus distance to the own colour, in 0..255 units).
 
 Boxes are frame-relative (left, top, right, bottom) in [0, 1], [K, 4] for the whole clip or
-[K, T, 4] per frame (spec `maestro.md`, Boxes).
+[K, T, 4] per frame (docs/method.md, "Boxes").
 """
 
 from __future__ import annotations

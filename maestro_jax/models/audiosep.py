@@ -1,7 +1,7 @@
 """AudioSep's text-queried separator: ResUNet30 with additive FiLM, channels-last.
 
 Follows `Audio-AGI/AudioSep@944583f` `models/resunet.py` + `models/base.py`
-(`shared/spec/audio_models.md` 3.1-3.4, fixture `audiosep_resunet/`):
+(docs/models.md, "AudioSep"; fixture `audiosep_resunet/`):
 
     mixture [Bm, N] --STFT--> |X|, cos, sin [Bm, T, 1025]
     |X| --bn0 (1025 bins as channels)--> zero-pad T to a multiple of 32, drop bin 1024

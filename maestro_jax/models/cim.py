@@ -1,8 +1,8 @@
 """Condition injection module (CIM): Maestro's Perceiver resampler (`AudioResampler`).
 
 Maps the ImageBind audio trunk tokens of one 2 s clip (CLS + 228 patches, 229 x 768) to N_Q
-audio tokens of the text-context width (10 x 1024). Paper section 3.2 / spec `maestro.md` step 3
-and `video_models.md` 4.2; the original is `scripts/evaluation/audio_resampler.py` of
+audio tokens of the text-context width (10 x 1024). Paper section 3.2; docs/method.md, "Audio tokens (the CIM)"
+and docs/models.md, "CIM (Perceiver resampler)"; the original is `scripts/evaluation/audio_resampler.py` of
 kuai-lab/eaai25_complex_A2V (an IP-Adapter `Resampler` without positional embeddings).
 
     latents (1, N_Q, dim)                               (learned, init N(0, 1) / sqrt(dim))

@@ -1,7 +1,7 @@
 """CLAP's text query encoder as AudioSep uses it: RoBERTa + pooler + projection, L2-normalised.
 
 `Audio-AGI/AudioSep@944583f` `models/clap_encoder.py` -> vendored CLAP `encode_text`
-(`shared/spec/audio_models.md` 3.6, fixture `clap_text/`):
+(docs/models.md, "CLAP text encoder"; fixture `clap_text/`):
 
     ids [B, L], mask [B, L] --RoBERTa (post-LN, eps 1e-5, exact GELU)--> h [B, L, 768]
     pooler = tanh(dense(h[:, 0]))  -> text_projection = Linear(768->512) -> ReLU -> Linear(512->512)

@@ -1,5 +1,5 @@
 """OpenCLIP text transformer (ViT-H-14's text tower) as Stable Diffusion 2.x and VideoCrafter2
-run it (spec `video_models.md` 3; fixture `openclip_text`).
+run it (docs/models.md, "OpenCLIP ViT-H-14 text tower"; fixture `openclip_text`).
 
     x = token_embedding[tokens] + positional_embedding          # [N, L, W]
     for block in blocks[:n]:                                    # pre-LN, causal additive mask

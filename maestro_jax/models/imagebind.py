@@ -1,6 +1,6 @@
 """ImageBind (Girdhar et al., CVPR 2023): audio, vision and text branches, channels-last.
 
-Maestro (paper section 3.2, spec `audio_models.md` 1.3-1.6) reads the *audio trunk tokens*
+Maestro (paper section 3.2, docs/models.md, "ImageBind") reads the *audio trunk tokens*
 (CLS + 228 patch tokens per 2 s clip, before the head) as the CIM input; the audio, vision and
 text embeddings serve the IA metric and data curation.
 

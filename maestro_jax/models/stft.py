@@ -2,7 +2,7 @@
 
 torchlibrosa computes both transforms as Conv1d layers holding windowed DFT matrices (12.59 M
 fixed values in the checkpoint); here they are an rfft / irfft with the same framing, window and
-normalisation (`shared/spec/audio_models.md` 3.2, fixture `stft/`):
+normalisation (docs/models.md, "AudioSep" > "STFT"; fixture `stft/`):
 
 - n_fft = win = 2048, hop 320, **periodic** Hann (librosa `get_window('hann', 2048,
   fftbins=True)` = `torch.hann_window(2048)`), center with **reflect** padding of n_fft // 2.

@@ -1,7 +1,7 @@
 """The CLIP byte-level BPE tokenizer, behaving like `open_clip.tokenize` (SimpleTokenizer).
 
 This is what VideoCrafter2's `FrozenOpenCLIPEmbedder.forward` (and so Maestro) calls before the
-OpenCLIP ViT-H-14 text tower (spec `video_models.md` 3, fixture `clip_tokenizer`):
+OpenCLIP ViT-H-14 text tower (docs/models.md, "CLIP BPE tokenizer"; fixture `clip_tokenizer`):
 
 - clean: `ftfy.fix_text`, `html.unescape` twice, strip, collapse whitespace, lower-case;
 - split with the pre-tokenisation regex (module `regex`, IGNORECASE), where the literal strings

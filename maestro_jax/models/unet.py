@@ -2,7 +2,8 @@
 
 Port of VideoCrafter `lvdm/modules/networks/openaimodel3d.py` + `lvdm/modules/attention.py`
 (`UNetModel`, base_512_v2) and of Stability-AI `ldm/modules/diffusionmodules/openaimodel.py`
-(SD 2.x, `use_linear_in_transformer`, `legacy: False`); facts in `shared/spec/video_models.md` 1-2.
+(SD 2.x, `use_linear_in_transformer`, `legacy: False`); facts in docs/models.md,
+"VideoCrafter2 3D UNet" and "Stable Diffusion 2.1 UNet".
 
 Layout: channels-last. Inside, features are `[N, h, w, C]` with N = B*F (row b*F + f), as in the
 original's `(b t) c h w`; the temporal modules view them as `[B, F, h, w, C]`.
@@ -13,7 +14,7 @@ those of the original for the same config (`unet_layout`), so SD's `middle_block
 `middle_block.3` automatically. Exceptions: `temporal_conv` (the checkpoint spells it
 `temopral_conv`) and `init_attn` (`init_attn.0`). The converters in `convert/unet/` map these.
 
-Numerics (spec 1.4): ResBlock / out GroupNorm eps 1e-5 per frame; TemporalConvBlock GroupNorm eps
+Numerics (docs/models.md, "VideoCrafter2 3D UNet" > "Numeric traps"): ResBlock / out GroupNorm eps 1e-5 per frame; TemporalConvBlock GroupNorm eps
 1e-5 pooled over frames; Spatial/Temporal transformer GroupNorm eps 1e-6 (temporal pooled over
 frames); LayerNorm 1e-5; exact-erf GEGLU; attention scale d_head^-0.5 with a float32 softmax;
 timestep embedding [cos, sin] in float32. Params are float32; `dtype` sets the compute dtype.
@@ -37,7 +38,7 @@ from maestro_jax.nn.attention import IMPLS, AttnEdit, dot_product_attention, mer
 from maestro_jax.nn.attention import split_heads as _split_heads
 from maestro_jax.nn.layers import GEGLU, Dense, GroupNorm, LayerNorm, timestep_embedding
 
-# eps of every norm, from the original code (spec 1.4); tests assert these on a real forward.
+# eps of every norm, from the original code (docs/models.md, numeric traps); tests assert these on a real forward.
 RESBLOCK_GN_EPS = 1e-5  # ResBlock in_layers.0/out_layers.0 and the final out.0 (torch default)
 TEMPORAL_CONV_GN_EPS = 1e-5  # TemporalConvBlock nn.GroupNorm(32, C) (torch default)
 TRANSFORMER_GN_EPS = 1e-6  # SpatialTransformer / TemporalTransformer `norm`

@@ -1,6 +1,6 @@
 """The Stable Diffusion / VideoCrafter2 AutoencoderKL (LDM `ae_modules.py`), channels-last.
 
-Spec: `shared/spec/video_models.md` 1.6 (VC2's VAE is the SD VAE). One 2-D autoencoder; video
+Facts: docs/models.md, "VAE" (VC2's VAE is the SD VAE). One 2-D autoencoder; video
 latents are decoded frame by frame (`decode_latents`), as VC's `decode_first_stage_2DAE` does.
 
 Shapes (names used in every docstring here):

@@ -1,7 +1,7 @@
 """Norms with explicit eps, exact GELU, GEGLU and sinusoidal timestep embeddings.
 
 Every eps is a required argument: the originals use 1e-5 (torch default) or 1e-6 in specific
-places, while Flax defaults to 1e-6 (see `../shared/spec/video_models.md` 1.4). Statistics are
+places, while Flax defaults to 1e-6 (docs/models.md, "Conventions" > "Flax defaults that differ from PyTorch"). Statistics are
 always computed in float32 with the two-pass variance, like torch.
 """
 
