@@ -639,3 +639,11 @@ def test_phase_edits_and_sharding(env, cpu_mesh):
         out = jax.jit(g, out_shardings=row_sh)(e, qs, cs)
         assert len(out.sharding.device_set) == 8
         np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_presets_are_named_in_layout_errors():
+    loc, _ = mosaic.parse_layout("lr")  # case-insensitive
+    assert loc == mosaic.preset("LR")[0]
+    for bad in ("XY", "left-right"):
+        with pytest.raises(ValueError, match=r"unknown box preset .*LR, TD.*left,top,right,bottom"):
+            mosaic.parse_layout(bad)

@@ -129,11 +129,19 @@ PRESETS: dict[str, tuple[tuple[BoxTuple, ...], tuple[BoxTuple, ...]]] = {
 }
 
 
+BOX_SYNTAX = "one 'left,top,right,bottom' per source, sources separated by '/'"
+
+
 def preset(name: str) -> tuple[tuple[Boxes, ...], tuple[Boxes, ...]]:
-    """Reference-release layouts for two sources: (locating boxes, mosaic regions)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown box preset {name!r}; known: {sorted(PRESETS)}")
-    loc, mos = PRESETS[name]
+    """Reference-release layouts for two sources: (locating boxes, mosaic regions). Names are
+    case-insensitive ('lr' = 'LR')."""
+    key = name.strip().upper()
+    if key not in PRESETS:
+        raise ValueError(
+            f"unknown box preset {name!r}: the presets are {', '.join(sorted(PRESETS))} "
+            f"(two sources), or give {BOX_SYNTAX}"
+        )
+    loc, mos = PRESETS[key]
     return tuple(Boxes.static(b) for b in loc), tuple(Boxes.static(b) for b in mos)
 
 
@@ -142,8 +150,8 @@ def parse_layout(spec: str | Sequence[str]) -> tuple[tuple[Boxes, ...], tuple[Bo
     sources separated by '/'): -> (locating boxes, mosaic boxes); custom layouts use the same
     boxes for both phases."""
     if isinstance(spec, str):
-        if spec.strip() in PRESETS:
-            return preset(spec.strip())
+        if not any(ch.isdigit() for ch in spec):  # a name, not numbers: a preset
+            return preset(spec)
         spec = spec.split("/")
     boxes = tuple(parse_boxes(s) for s in spec)
     return boxes, boxes
