@@ -364,7 +364,7 @@ def cache_latents(
     import jax.numpy as jnp
     import tqdm
 
-    from maestro_jax.data.pipeline import data_source, dataset_info
+    from maestro_jax.data.tfds_format import data_source, dataset_info
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

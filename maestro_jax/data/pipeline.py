@@ -34,60 +34,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from maestro_jax.data.tfds_format import DATASET_NAME, load_classes, tfds_dir
-from maestro_jax.files import read_jsonl
+# data_source, dataset_info and load_manifest read the format; imported here for the callers
+# that open a dataset through the pipeline module
+from maestro_jax.data.tfds_format import (  # noqa: F401
+    data_source,
+    dataset_info,
+    load_manifest,
+)
 
 log = logging.getLogger("maestro_jax.data.pipeline")
 
 DEFAULT_KEYS = ("frames", "mel", "label_index", "latents")
 LATENT_MODES = (True, False, "auto")
-
-
-def data_source(data_dir: str | os.PathLike, split: str):
-    """The TFDS array_record data source of one split (random access, decoded to numpy)."""
-    import tensorflow_datasets as tfds
-
-    d = tfds_dir(data_dir)
-    if not (d / "dataset_info.json").exists():
-        raise FileNotFoundError(
-            f"no TFDS dataset at {d}: run `python -m data.prepare ... --out {data_dir}` "
-            "(or data.synthetic.write_synthetic_dataset) first"
-        )
-    builder = tfds.builder_from_directory(str(d))
-    if split not in builder.info.splits:
-        raise ValueError(
-            f"split {split!r} not in {data_dir}; it has {sorted(builder.info.splits.keys())}"
-        )
-    return builder.as_data_source(split)
-
-
-def dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """{'name', 'classes', 'splits': {split: num_records}, 'features': {key: (shape, dtype)}}."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder_from_directory(str(tfds_dir(data_dir)))
-    feats = builder.info.features
-    return {
-        "name": DATASET_NAME,
-        "classes": load_classes(data_dir),
-        "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
-        "features": {
-            k: (tuple(feats[k].shape), np.dtype(feats[k].np_dtype).name) for k in feats.keys()
-        },
-    }
-
-
-def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """The manifest rows (optionally of one split), in data-source index order."""
-    rows = read_jsonl(Path(data_dir) / "manifest.jsonl")
-    if split is not None:
-        rows = [r for r in rows if r["split"] == split]
-    return sorted(rows, key=lambda r: (r["split"], r["index"]))
 
 
 def use_latent_cache(
