@@ -13,9 +13,10 @@ from absl import app, flags
 
 def _override_error(argv: list[str], exc: BaseException) -> str:
     """One line for a failed `--<flag>.<path>=value` override (unknown field, bad value)."""
-    text = str(exc).strip().strip("\"'")
-    first = text.splitlines()[0].strip("\"'") if text else type(exc).__name__
-    hint = next((ln for ln in text.splitlines()[1:] if "Did you mean" in ln), "")
+    # ml_collections wraps a KeyError's text (with an escaped newline) in an AttributeError
+    lines = [ln.strip("\"'\\ ") for ln in str(exc).replace("\\n", "\n").splitlines()]
+    first = lines[0] if lines and lines[0] else type(exc).__name__
+    hint = next((ln for ln in lines[1:] if "Did you mean" in ln), "")
     for arg in argv[1:]:
         m = re.match(r"--?(\w+)\.([\w.]+)(=.*)?$", arg)
         if m and first in m.group(2).split("."):

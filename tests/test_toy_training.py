@@ -218,3 +218,21 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     k, v = _project(plain_ctx[f:])
     plain = dot_product_attention(q[f:], k, v, scale=0.5)
     np.testing.assert_allclose(np.asarray(out[f:]), np.asarray(plain), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": -1.0}, "config.lr=-1.0: must be > 0"),
+        ({"total_steps": -5}, "config.total_steps=-5: must be an integer >= 1"),
+        ({"batch_size": 0}, "config.batch_size=0: must be an integer >= 1"),
+        ({"warmup_steps": -1}, "config.warmup_steps=-1: must be an integer >= 0"),
+    ],
+)
+def test_bad_numbers_are_named_before_compute(tmp_path, change, message):
+    from maestro_jax.training.validate import ConfigError
+
+    c = _cfg("vae", tmp_path, **change)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        tt.train(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

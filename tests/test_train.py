@@ -348,3 +348,49 @@ def test_hash_tokenizer_is_fixed():
     assert a[0, 0] == tokenizer.SOT_ID and a[0, 3] == tokenizer.EOT_ID and a[0, 4:].sum() == 0
     assert a[1, :2].tolist() == [tokenizer.SOT_ID, tokenizer.EOT_ID]
     np.testing.assert_array_equal(a, tok(["dog barking", ""]))
+
+
+# ---------------------------------------------------------------------------------- bad configs
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("total_steps", -5, "config.total_steps=-5: must be an integer >= 1"),
+        ("optimizer.lr", -1.0, "config.optimizer.lr=-1.0: must be > 0"),
+        ("batch_size_per_device", -2, "config.batch_size_per_device=-2: must be an integer >= 1"),
+        ("schedule.warmup_steps", -1, "config.schedule.warmup_steps=-1: must be an integer >= 0"),
+        ("optimizer.name", "sgd", "config.optimizer.name='sgd': must be one of 'adam', 'adamw'"),
+        ("model.unet.preset", "sd15", "config.model.unet.preset='sd15': must be one of"),
+    ],
+)
+def test_bad_config_is_named_before_compute(tmp_path, field, value, message):
+    import re
+
+    from maestro_jax.training.validate import ConfigError
+
+    c = get_config("runlocal")
+    *head, last = field.split(".")
+    node = c
+    for h in head:
+        node = node[h]
+    node[last] = value
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        training.train(c, tmp_path / "w")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "w").exists()  # nothing written, nothing computed
+
+
+def test_cli_bad_config_and_override_are_one_line(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cases = [
+        ("--config.total_steps=-5", "error: config.total_steps=-5: must be an integer >= 1"),
+        ("--config.stepz=10", "error: --config.stepz: the config has no field 'stepz'"),
+    ]
+    for arg, want in cases:
+        r = subprocess.run(
+            [sys.executable, "-m", "maestro_jax.train", "--config=configs/cim.py:runlocal",
+             f"--workdir={tmp_path / 'w'}", arg],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and want in r.stderr.splitlines(), r.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
