@@ -106,7 +106,7 @@ class TrainCheckpointer:
                 failures.append(f"step {step}: {where}{why}")
                 older = [s for s in steps if s < step]
                 then = f"trying step {older[-1]}" if older else "no older step kept"
-                log.warning("checkpoint step %d is unreadable (%s%s); %s", step, where, why, then)
+                log.warning("checkpoint step %d is unreadable: %s%s; %s", step, where, why, then)
                 continue
             if failures:
                 self._set_aside([s for s in steps if s > step])

@@ -42,6 +42,8 @@ import numpy as np
 from maestro_jax.training.checkpoints import TrainCheckpointer, truncate_jsonl
 
 log = logging.getLogger("maestro_jax.train")
+# checkpoints of the trainers before the shared loop (toy stages: msgpack; separator: folders)
+_OLD_FORMATS = ("ckpt.msgpack", "ckpt")
 
 
 class NonFiniteError(FloatingPointError):
@@ -250,6 +252,14 @@ def run(task: Task, loop: LoopConfig, workdir: str | os.PathLike) -> dict:
         if step is not None:
             state, start, resumed_from = restored, step, step
             log.info("%s: resumed from %s at step %d", task.name, ckpt.directory, step)
+        else:
+            for old in _OLD_FORMATS:
+                if (workdir / old).exists():
+                    log.warning(
+                        "%s holds a checkpoint of an older format that is no longer read; "
+                        "training starts from step 0",
+                        workdir / old,
+                    )
     if start == 0 and task.fresh_start is not None:
         state = task.fresh_start(state)
     if lead:
