@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from maestro_jax.sharding import batch_sharding, make_mesh  # noqa: E402
-from maestro_jax.training import cim as training  # noqa: E402
+from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings  # noqa: E402
+from maestro_jax.training import cim_loss, cim_state, optim  # noqa: E402
 from maestro_jax.training.cim_config import get_config  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}
@@ -64,7 +64,7 @@ def _peak(device_kind: str, override: float | None) -> float | None:
 def _flops(compiled) -> float | None:
     try:
         ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001  (not every backend implements it)
+    except Exception:  # not every backend implements it
         return None
     if isinstance(ca, list | tuple):
         ca = ca[0] if ca else None
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     c.data.use_latents = not args.frames
 
     mesh = make_mesh(tuple(c.mesh.shape), ("data", "fsdp"))
-    models = training.build_models(c)
-    spec = training.LossSpec.from_config(c)
-    tx, sched = training.make_optimizer(c)
+    models = cim_loss.build_models(c)
+    spec = cim_loss.LossSpec.from_config(c)
+    tx, sched = optim.make_optimizer(c)
     repl = NamedSharding(mesh, P())
 
     if args.lower_only:
@@ -131,12 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # frozen weights: constants made on device (no host copy of ~1 B parameters)
     frozen, frozen_sh = {}, {}
-    for name, (module, inputs) in training._frozen_spec(models).items():
+    for name, (module, inputs) in cim_state.frozen_spec(models).items():
         abstract = jax.eval_shape(
             lambda k, m=module, i=inputs: m.init(k, *i)["params"], jax.random.key(0)
         )
         sh = (
-            training.param_shardings(abstract, mesh)
+            param_shardings(abstract, mesh)
             if c.mesh.shard_frozen
             else jax.tree.map(lambda _: repl, abstract)
         )
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     frozen_sh.update(null_emb=repl, label_emb=repl)
     frozen["null_emb"] = jax.device_put(frozen["null_emb"], repl)
     frozen["label_emb"] = jax.device_put(frozen["label_emb"], repl)
-    state, state_sh = training.init_train_state(c, models, tx, mesh)
+    state, state_sh = cim_state.init_train_state(c, models, tx, mesh)
 
     n_dev = jax.device_count()
     b = c.batch_size_per_device * n_dev
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()}
 
     step = jax.jit(
-        training.make_train_step(models, spec, tx, sched, int(c.seed)),
+        cim_loss.make_train_step(models, spec, tx, sched, int(c.seed)),
         in_shardings=(state_sh, batch_sh, frozen_sh, repl),
         out_shardings=(state_sh, repl),
         donate_argnums=(0,),
@@ -263,25 +263,21 @@ def _lower_only(c, models, spec, tx, sched, mesh, args) -> int:
 
     repl = NamedSharding(mesh, P())
     frozen = {}
-    for name, (module, inputs) in training._frozen_spec(models).items():
+    for name, (module, inputs) in cim_state.frozen_spec(models).items():
         a = jax.eval_shape(lambda k, m=module, i=inputs: m.init(k, *i)["params"], jax.random.key(0))
-        sh = (
-            training.param_shardings(a, mesh)
-            if c.mesh.shard_frozen
-            else jax.tree.map(lambda _: repl, a)
-        )
+        sh = param_shardings(a, mesh) if c.mesh.shard_frozen else jax.tree.map(lambda _: repl, a)
         frozen[name] = abstract_with_shardings(a, sh)
     d = models.unet.context_dim
     frozen["null_emb"] = jax.ShapeDtypeStruct((77, d), jnp.float32, sharding=repl)
     frozen["label_emb"] = jax.ShapeDtypeStruct((8, 77, d), jnp.float32, sharding=repl)
-    init = training._cim_init_fn(models, tx)
+    init = cim_state.cim_init_fn(models, tx)
     a = jax.eval_shape(init, jax.random.key(0))
     state = abstract_with_shardings(a, jax.tree.map(lambda _: repl, a))
     batch = {
         k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape)))
         for k, (shape, dt) in _batch_shapes(c, models, args, jax.device_count()).items()
     }
-    step = jax.jit(training.make_train_step(models, spec, tx, sched, 0), donate_argnums=(0,))
+    step = jax.jit(cim_loss.make_train_step(models, spec, tx, sched, 0), donate_argnums=(0,))
     t0 = time.perf_counter()
     lowered = step.lower(state, batch, frozen, jax.ShapeDtypeStruct((), jnp.int32, sharding=repl))
     t = time.perf_counter() - t0

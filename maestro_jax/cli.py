@@ -1,12 +1,12 @@
-"""What every command (`python -m maestro_jax.<name>`, `python -m data.<step>`, the benchmarks)
-shares: running an absl `main` with bad flags reported in one line, SIGTERM unwinding like
-Ctrl-C (so writers clean their temporary files), quiet library logs, and a way for tests to call a
-command in-process.
+"""What every command (`python -m maestro_jax.<name>`, `python -m data.<step>`, the converters, the
+benchmarks) shares: running an absl `main` with a bad flag or `--config.*` override reported in
+one line (exit 2) instead of a traceback, SIGTERM unwinding like Ctrl-C (so writers clean their
+temporary files), quiet library logs, and a way for tests to call a command in-process.
 
 Command pattern: a command module defines its absl flags at module level (`flags.DEFINE_*`,
-`config_flags.DEFINE_config_file`) and a thin `main(argv) -> int`, and ends with
-`if __name__ == "__main__": cli.run(main)`. Nothing imports a command module except tests, so
-its flags never clash with another command's.
+`config_flags.DEFINE_config_file`) and a thin `main(argv) -> int` (the exit status), and ends
+with `if __name__ == "__main__": cli.run(main)`. Nothing imports a command module except tests,
+so its flags never clash with another command's.
 """
 
 from __future__ import annotations
@@ -25,30 +25,33 @@ def error(msg: str, code: int = 2) -> int:
     return code
 
 
-def _override_hint(argv: Sequence[str], exc: BaseException) -> str | None:
-    """One line for a `--config.x.y=v` override naming a field the config lacks."""
-    names = re.findall(r"'([^'\"]+)'", str(exc))
-    field = names[-1] if names else None
-    for a in argv:
-        if a.startswith("--") and "." in a.split("=", 1)[0]:
-            path = a[2:].split("=", 1)[0]
-            if field is None or path.split(".")[-1] == field or f".{field}" in f".{path}":
-                return f"{a}: the config has no field {field or path.split('.', 1)[1]!r}"
-    return None
+def _override_error(argv: Sequence[str], exc: BaseException) -> str:
+    """One line for a failed `--<flag>.<path>=value` override (unknown field, bad value)."""
+    # ml_collections wraps a KeyError's text (with an escaped newline) in an AttributeError
+    lines = [ln.strip("\"'\\ ") for ln in str(exc).replace("\\n", "\n").splitlines()]
+    first = lines[0] if lines and lines[0] else type(exc).__name__
+    hint = next((ln for ln in lines[1:] if "Did you mean" in ln), "")
+    for arg in argv[1:]:
+        m = re.match(r"--?(\w+)\.([\w.]+)(=.*)?$", arg)
+        if m and first in m.group(2).split("."):
+            msg = f"{arg.split('=')[0]}: the config has no field {first!r}"
+            return f"{msg} ({hint.strip()})" if hint else msg
+    return f"{type(exc).__name__}: {first}"
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """`flags.FLAGS(argv)`, with every parsing failure (an unknown flag, a bad value, a config
-    file that does not load, a `--config.field` the config lacks) as one line and exit 2."""
+    """`flags.FLAGS(argv)`; any failure (an unknown flag, a bad value, a config file that does
+    not load, a `--config.field` the config lacks) becomes one `error:` line and exit 2."""
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as e:
-        sys.exit(error(f"{e} (see --helpfull)"))
+        msg = (str(e).splitlines()[0] if str(e) else type(e).__name__) + " (see --helpfull)"
     except (KeyError, AttributeError) as e:
-        sys.exit(error(_override_hint(argv, e) or f"bad flag: {e}"))
+        msg = _override_error(argv, e)
     except (OSError, ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        sys.exit(error(f"{first} (a --config file that does not load, or a bad override)"))
+        msg = f"{first} (a --config file that does not load, or a bad override)"
+    sys.exit(error(msg))
 
 
 def _terminate(signum, frame):
@@ -58,8 +61,9 @@ def _terminate(signum, frame):
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-    """`app.run(main)` with `parse_flags`, SIGTERM/SIGHUP raising SystemExit, and absl logging
-    at WARNING unless --verbosity is given (orbax logs every step of a save at INFO)."""
+    """`app.run(main)` with `parse_flags` (main's return value is the exit status), SIGTERM and
+    SIGHUP raising SystemExit, and absl logging at WARNING unless --verbosity is given (orbax
+    logs every step of a save at INFO)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
 

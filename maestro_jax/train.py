@@ -12,8 +12,11 @@ environment MAESTRO_DISTRIBUTED=1, or MAESTRO_COORDINATOR=host:port + MAESTRO_NU
 MAESTRO_PROCESS_ID (`maestro_jax.distributed`); `jax.distributed.initialize()` then runs before
 anything touches a device. W must be one folder every process sees (NFS, Filestore, a gcsfuse
 mount); process 0 writes the logs and metrics, orbax coordinates the checkpoints (launch
-scripts: `launch/`). Exit status 3: the loss or gradient became non-finite
-(nothing was saved for that step; the newest checkpoint is the last good state).
+scripts: `launch/`).
+
+Exit status 2: a bad flag, override or config value (one line `error: ...` naming the field,
+before any compute); 3: the loss or gradient became non-finite (nothing was saved for that
+step; the newest checkpoint is the last good state); 1: no kept checkpoint is readable.
 """
 
 from __future__ import annotations
@@ -24,9 +27,22 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from maestro_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cim.py[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, samples)")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def trainer(task: str):
+    """The module whose `train(config, workdir)` runs `config.task`."""
+    if task == "cim":
+        from maestro_jax.training import cim as module
+    elif task == "separator":
+        from maestro_jax.training import separator as module
+    else:
+        from maestro_jax.toy import stages as module
+    return module
 
 
 def main(argv: list[str]) -> int:
@@ -38,9 +54,12 @@ def main(argv: list[str]) -> int:
             f"--workdir={_WORKDIR.value}: give a local or mounted path (every process must see "
             "the same folder: NFS, Filestore, or a bucket mounted with gcsfuse), not a URL"
         )
-    import jax  # noqa: PLC0415
+    import jax
 
-    from maestro_jax import distributed  # noqa: PLC0415
+    from maestro_jax import distributed
+    from maestro_jax.training.checkpoints import UnreadableCheckpointError
+    from maestro_jax.training.loop import NonFiniteError
+    from maestro_jax.training.validate import ConfigError
 
     distributed.maybe_initialize(bool(config.get("distributed")))
     # process 0 logs progress; the others only warnings and errors
@@ -50,16 +69,6 @@ def main(argv: list[str]) -> int:
     logging.getLogger("absl").addFilter(
         lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
     )
-    from maestro_jax.training import cim as training  # noqa: PLC0415
-
-    task = config.get("task", "cim")
-    if task == "separator":
-        from maestro_jax.training import separator as trainer  # noqa: PLC0415
-    elif task != "cim":
-        from maestro_jax.toy import stages as trainer  # noqa: PLC0415
-    else:
-        trainer = training
-
     logging.info(
         "process %d/%d, %d devices (%d local): %s",
         jax.process_index(),
@@ -69,14 +78,17 @@ def main(argv: list[str]) -> int:
         jax.devices()[0].device_kind,
     )
     try:
-        out = trainer.train(config, _WORKDIR.value)
-    except (training.NonFiniteError, FloatingPointError) as e:  # toy stages: FloatingPointError
+        out = trainer(config.get("task", "cim")).train(config, _WORKDIR.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, UnreadableCheckpointError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(e, NonFiniteError) else 1
     logging.info("done at step %d", out["step"])
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

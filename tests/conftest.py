@@ -17,6 +17,16 @@ FIXTURES = SHARED / "fixtures"
 AUDIO = SHARED / "audio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _persistent_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache per test session: a run that builds the same jitted
+    function again (a trainer resumed in-process, a second config of the same shapes) loads the
+    executable instead of compiling it; the trainers keep no module-level caches of their own."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    yield
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():

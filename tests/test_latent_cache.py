@@ -51,7 +51,7 @@ def env(tmp_path_factory):
 def _reference(env, frames: np.ndarray) -> np.ndarray:
     """The trainer's in-step encoding (`frames_to_latents`: uint8 -> [-1, 1] -> encode_frames,
     posterior mean) of the same frames."""
-    from maestro_jax.training.cim import frames_to_latents
+    from maestro_jax.training.cim_loss import frames_to_latents
 
     models = types.SimpleNamespace(vae=vae_lib.VAEConfig.tiny())
     fn = jax.jit(lambda p, f: frames_to_latents(models, p, f, None))
@@ -226,17 +226,17 @@ def test_config_turns_cache_on():
 def test_trainer_reads_the_cache(env, tmp_path):
     """The trainer's data stream takes `latents` from a complete cache of its own VAE (no
     frames decoded), and frames when the cache is switched off."""
-    from maestro_jax.training import cim as training
     from maestro_jax.training import cim_config as cim_configs
+    from maestro_jax.training import data as training_data
 
     cfg = cim_configs.get_config("runlocal")
     cfg.data.dir = str(env["data"])
     cfg.data.split = "train"
     cfg.model.vae.params = str(env["vae"])
-    it, classes, _ = training._open_data(cfg, tmp_path, 2)
+    it, classes, _ = training_data.open_data(cfg, tmp_path, 2)
     batch = next(it)
     assert "latents" in batch and "frames" not in batch
     assert batch["latents"].shape[0] == 2 and classes
     cfg.data.use_latent_cache = False
-    it, _, _ = training._open_data(cfg, tmp_path, 2)
+    it, _, _ = training_data.open_data(cfg, tmp_path, 2)
     assert "frames" in next(it)

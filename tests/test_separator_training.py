@@ -11,6 +11,7 @@ import pytest
 
 from maestro_jax.toy import config as toy_config
 from maestro_jax.training import separator as st
+from maestro_jax.training.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,13 @@ def trained(tmp_path_factory):
     finally:
         st._train_rng = real_rng
     first = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
-    ckpts = [p.name for p in sorted((workdir / "ckpt").iterdir())]
+    ckpts = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     out = st.train(config, workdir)
     return {"workdir": workdir, "config": config, "out": out, "first": first, "ckpts": ckpts}
 
 
 def test_interrupted_run_left_a_checkpoint(trained):
-    assert trained["ckpts"] == ["step_00000002"]
+    assert trained["ckpts"] == ["2"]
     assert [r["step"] for r in trained["first"]] == [1, 2, 3]
     assert not (trained["workdir"] / "export").exists() or trained["out"]  # export at the end
 
@@ -61,8 +62,8 @@ def test_resume_continues_from_saved_step(trained):
     evals = [r for r in lines if "si_sdri_db" in r]
     assert [r["step"] for r in evals] == [3, 6]
     assert all(np.isfinite(r["si_sdri_db"]) for r in evals)
-    kept = sorted(p.name for p in (trained["workdir"] / "ckpt").iterdir())
-    assert kept == ["step_00000004", "step_00000006"]  # keep_checkpoints = 2
+    kept = sorted(p.name for p in (trained["workdir"] / "checkpoints").iterdir())
+    assert kept == ["4", "6"]  # keep_checkpoints = 2
 
 
 def test_resume_is_deterministic_per_step(trained):
@@ -109,13 +110,15 @@ def test_si_sdr():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"task": "cim"}, "task must be 'separator'"),
+        ({"task": "cim"}, r"config.task='cim': must be one of 'separator'"),
         ({"batch_size": 0}, "batch_size"),
         ({"train_seconds": 0.01}, "train_seconds"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"max_sources": 1}, "max_sources"),
         ({"separator.channels": (4, 4, 8)}, "separator.channels"),
         ({"text.heads": 3}, "divisible"),
+        ({"total_steps": -5}, r"config.total_steps=-5: must be an integer >= 1"),
+        ({"warmup_steps": -1}, r"config.warmup_steps=-1: must be an integer >= 0"),
         ({"data_module": "data.no_such_module"}, "cannot be imported"),
     ],
 )
@@ -127,8 +130,9 @@ def test_bad_config_raises_before_compute(tmp_path, change, match):
         for p in parents:
             node = node[p]
         node[leaf] = value
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match) as e:
         st.train(config, tmp_path / "w")
+    assert "\n" not in str(e.value)  # one line
     assert not (tmp_path / "w").exists()  # nothing written, nothing computed
 
 

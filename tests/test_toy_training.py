@@ -13,6 +13,7 @@ import pytest
 from maestro_jax.checkpoints import load_params
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.toy import config as toy
+from maestro_jax.toy import layout, unet_init
 from maestro_jax.toy import stages as tt
 
 
@@ -65,7 +66,7 @@ def test_t2v_starts_from_t2i_spatial_weights(stages, tmp_path):
     )
     assert "init_attn" in params and "init_attn" not in src
     # every 2D tensor lands somewhere: the 3D middle block's ResBlock after its temporal layer
-    _, n = tt._overlay(params, src)
+    _, n = unet_init.overlay_spatial(params, src)
     assert n == len(jax.tree.leaves(src))
     np.testing.assert_array_equal(
         np.asarray(params["middle_block_3"]["in_layers_2"]["kernel"]),
@@ -178,7 +179,7 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     def cap(cs):
         return np.stack([table[c] for c in cs])
 
-    slots, assigns = tt.layout_slots(
+    slots, assigns = layout.layout_slots(
         cap, null, ["x", "y"], cls, boxes, np.array([True, False]), res, n_q=2
     )
     assert slots.shape == (2, 5, length, d) and [a.shape for a in assigns] == [(2, 64), (2, 16)]
@@ -189,7 +190,7 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     np.testing.assert_array_equal(slots[1, 4], table["y"])
     assert np.all(assigns[0][1] == 4) and set(np.unique(assigns[0][0])) == {0, 1, 3}
     # merge: the plain slot holds C_merge (label columns side by side), the layout is unchanged
-    slots_m, assigns_m = tt.layout_slots(
+    slots_m, assigns_m = layout.layout_slots(
         cap, null, ["x", "y"], cls, boxes, np.array([True, False]), res, n_q=2,
         merge=np.array([False, True]),
     )  # fmt: skip
@@ -201,7 +202,7 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
 
     q = jnp.asarray(rng.normal(size=(2 * f, 64, 2, 4)), jnp.float32)
     plain_ctx = jnp.asarray(np.repeat(slots[:, 4], f, axis=0))
-    edit = tt.LayoutEdit(jnp.asarray(slots), tuple(map(jnp.asarray, assigns)), res, f)
+    edit = layout.LayoutEdit(jnp.asarray(slots), tuple(map(jnp.asarray, assigns)), res, f)
     out = edit(q, plain_ctx, _project, scale=0.5, hw=(8, 8))
 
     c_sep = jnp.asarray(np.broadcast_to(slots[0, :2, None], (2, f, length, d)))
@@ -217,3 +218,21 @@ def test_layout_edit_is_mosaic_denoising_per_entry():
     k, v = _project(plain_ctx[f:])
     plain = dot_product_attention(q[f:], k, v, scale=0.5)
     np.testing.assert_allclose(np.asarray(out[f:]), np.asarray(plain), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": -1.0}, "config.lr=-1.0: must be > 0"),
+        ({"total_steps": -5}, "config.total_steps=-5: must be an integer >= 1"),
+        ({"batch_size": 0}, "config.batch_size=0: must be an integer >= 1"),
+        ({"warmup_steps": -1}, "config.warmup_steps=-1: must be an integer >= 0"),
+    ],
+)
+def test_bad_numbers_are_named_before_compute(tmp_path, change, message):
+    from maestro_jax.training.validate import ConfigError
+
+    c = _cfg("vae", tmp_path, **change)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        tt.train(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

@@ -2,9 +2,10 @@
 8-device CPU mesh, bit-exact resume, the non-finite stop, the CLI contract, metrics files.
 
 Compiles are the cost here, so the runs share them: the CLI subprocess (runlocal as shipped,
-8 x 1 mesh, 20 steps) runs in the background while the in-process runs (4 x 2 mesh with FSDP,
-one compiled step shared through `training._jitted_step`'s cache) train 20 steps straight, then
-stop at step 10 and resume to 20, then continue into an injected NaN. The CLI run and the
+8 x 1 mesh, 20 steps) runs in the background while the in-process runs (4 x 2 mesh with FSDP;
+later runs load the compiled step from the session's persistent compilation cache, see
+conftest.py) train 20 steps straight, then stop at step 10 and resume to 20, then continue
+into an injected NaN. The CLI run and the
 straight run agree across meshes; the resumed run reproduces the straight one bit for bit.
 """
 
@@ -22,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maestro_jax.models import tokenizer
 from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.training import cim as training
+from maestro_jax.training import cim_loss, cim_state, optim
 from maestro_jax.training import tensorboard as tb
 from maestro_jax.training.cim_config import VARIANTS, get_config
 
@@ -253,24 +256,24 @@ def test_tb_writer_roundtrip(tmp_path):
 
 def test_interpolation_and_frame_mapping():
     x = jnp.arange(3 * 2 * 1, dtype=jnp.float32).reshape(1, 3, 2, 1)  # S = 3 sets
-    y = training.interpolate_token_sets(x)
+    y = cim_loss.interpolate_token_sets(x)
     want = np.stack([x[0, 0], (x[0, 0] + x[0, 1]) / 2, x[0, 1], (x[0, 1] + x[0, 2]) / 2, x[0, 2]])
     np.testing.assert_array_equal(np.asarray(y[0]), want)
-    assert training.frame_token_index(5, 5).tolist() == [0, 1, 2, 3, 4]
-    assert training.frame_token_index(10, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert training.frame_token_index(9, 9).tolist() == list(range(9))
-    spec = training.LossSpec(interpolation=True)
+    assert cim_loss.frame_token_index(5, 5).tolist() == [0, 1, 2, 3, 4]
+    assert cim_loss.frame_token_index(10, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert cim_loss.frame_token_index(9, 9).tolist() == list(range(9))
+    spec = cim_loss.LossSpec(interpolation=True)
     assert spec.num_sets(5) == 9 and spec.frames_used(10, 5) == 9  # the release's first 9
-    assert training.LossSpec().frames_used(10, 5) == 10
+    assert cim_loss.LossSpec().frames_used(10, 5) == 10
     with pytest.raises(ValueError, match="num_frames"):
-        training.LossSpec(num_frames=12).frames_used(10, 5)
+        cim_loss.LossSpec(num_frames=12).frames_used(10, 5)
 
 
 def test_training_contexts_reference():
     rng = np.random.default_rng(0)
     null = rng.normal(size=(77, 8))
     sets = rng.normal(size=(2, 3, 4, 8))
-    ctx = np.asarray(training.training_contexts(jnp.asarray(null), jnp.asarray(sets), 6, 1))
+    ctx = np.asarray(cim_loss.training_contexts(jnp.asarray(null), jnp.asarray(sets), 6, 1))
     assert ctx.shape == (2, 6, 77, 8)
     for b in range(2):
         for f in range(6):
@@ -283,8 +286,8 @@ def test_release_and_paper_configs():
     for v in VARIANTS:
         c = get_config(v)
         assert c.variant == v
-        training.build_models(c)  # widths agree, text layer available
-        training.LossSpec.from_config(c)
+        cim_loss.build_models(c)  # widths agree, text layer available
+        cim_loss.LossSpec.from_config(c)
     r = get_config("release")
     assert (r.optimizer.name, r.optimizer.lr, r.optimizer.weight_decay) == ("adamw", 1e-5, 1e-2)
     assert r.total_steps == 70_000 and r.batch_size_per_device == 1
@@ -294,14 +297,14 @@ def test_release_and_paper_configs():
     assert (p.optimizer.name, p.optimizer.lr, p.total_steps) == ("adam", 1e-4, 30_000)
     assert p.model.text.layer == "penultimate" and p.spec_augment.enabled and p.lambda1 == 0.9
     assert p.token_offset == 1 and p.model.cim.num_queries == 10
-    m = training.build_models(p)
+    m = cim_loss.build_models(p)
     assert m.cim.depth == 6 and m.unet.context_dim == 1024 and not m.unet.temporal
     with pytest.raises(ValueError, match="unknown config variant"):
         get_config("nope")
     bad = get_config("runlocal")
     bad.token_offset = 75
     with pytest.raises(ValueError, match="token_offset"):
-        training.build_models(bad)
+        cim_loss.build_models(bad)
 
 
 def test_release_step_traces_without_specaugment():
@@ -311,15 +314,15 @@ def test_release_step_traces_without_specaugment():
     c.spec_augment.enabled = False
     c.interpolation = True
     c.model.prediction_type = "eps"
-    models = training.build_models(c)
-    spec = training.LossSpec.from_config(c)
-    tx, sched = training.make_optimizer(c)
-    step = training.make_train_step(models, spec, tx, sched, 0)
-    init = training._cim_init_fn(models, tx)
+    models = cim_loss.build_models(c)
+    spec = cim_loss.LossSpec.from_config(c)
+    tx, sched = optim.make_optimizer(c)
+    step = cim_loss.make_train_step(models, spec, tx, sched, 0)
+    init = cim_state.cim_init_fn(models, tx)
     state = jax.eval_shape(init, jax.random.key(0))
     frozen = {
         k: jax.eval_shape(lambda key, m=m, i=i: m.init(key, *i)["params"], jax.random.key(0))
-        for k, (m, i) in training._frozen_spec(models).items()
+        for k, (m, i) in cim_state.frozen_spec(models).items()
     }
     frozen["null_emb"] = jax.ShapeDtypeStruct((77, 32), jnp.float32)
     frozen["label_emb"] = jax.ShapeDtypeStruct((3, 77, 32), jnp.float32)
@@ -342,6 +345,52 @@ def test_hash_tokenizer_is_fixed():
     tok = HashTokenizer()
     a = tok(["dog barking", ""])
     assert a.shape == (2, 77) and a.dtype == np.int32
-    assert a[0, 0] == training.SOT_ID and a[0, 3] == training.EOT_ID and a[0, 4:].sum() == 0
-    assert a[1, :2].tolist() == [training.SOT_ID, training.EOT_ID]
+    assert a[0, 0] == tokenizer.SOT_ID and a[0, 3] == tokenizer.EOT_ID and a[0, 4:].sum() == 0
+    assert a[1, :2].tolist() == [tokenizer.SOT_ID, tokenizer.EOT_ID]
     np.testing.assert_array_equal(a, tok(["dog barking", ""]))
+
+
+# ---------------------------------------------------------------------------------- bad configs
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("total_steps", -5, "config.total_steps=-5: must be an integer >= 1"),
+        ("optimizer.lr", -1.0, "config.optimizer.lr=-1.0: must be > 0"),
+        ("batch_size_per_device", -2, "config.batch_size_per_device=-2: must be an integer >= 1"),
+        ("schedule.warmup_steps", -1, "config.schedule.warmup_steps=-1: must be an integer >= 0"),
+        ("optimizer.name", "sgd", "config.optimizer.name='sgd': must be one of 'adam', 'adamw'"),
+        ("model.unet.preset", "sd15", "config.model.unet.preset='sd15': must be one of"),
+    ],
+)
+def test_bad_config_is_named_before_compute(tmp_path, field, value, message):
+    import re
+
+    from maestro_jax.training.validate import ConfigError
+
+    c = get_config("runlocal")
+    *head, last = field.split(".")
+    node = c
+    for h in head:
+        node = node[h]
+    node[last] = value
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        training.train(c, tmp_path / "w")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "w").exists()  # nothing written, nothing computed
+
+
+def test_cli_bad_config_and_override_are_one_line(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cases = [
+        ("--config.total_steps=-5", "error: config.total_steps=-5: must be an integer >= 1"),
+        ("--config.stepz=10", "error: --config.stepz: the config has no field 'stepz'"),
+    ]
+    for arg, want in cases:
+        r = subprocess.run(
+            [sys.executable, "-m", "maestro_jax.train", "--config=configs/cim.py:runlocal",
+             f"--workdir={tmp_path / 'w'}", arg],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and want in r.stderr.splitlines(), r.stderr[-2000:]
+    assert not (tmp_path / "w").exists()

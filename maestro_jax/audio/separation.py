@@ -228,7 +228,7 @@ def init_random_separator(seed: int = 0) -> Separator:
 
 def load_separator(checkpoint: str | Path, tokenizer_dir: str | Path | None) -> Separator:
     tree, meta = load_params(checkpoint)
-    # separator_training exports carry their whole separate config (rate, widths, text encoder)
+    # the separator trainer's exports carry their whole separate config (rate, widths, text encoder)
     if "separate_config" in meta:
         import ml_collections
 

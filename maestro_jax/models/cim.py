@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import dot_product_attention, merge_heads, split_heads
 from maestro_jax.nn.layers import Dense, LayerNorm, gelu_exact
 
@@ -41,7 +42,7 @@ RELEASE_PARAMS = 71_092_224
 
 
 @dataclasses.dataclass(frozen=True)
-class CIMConfig:
+class CIMConfig(PresetConfig):
     """`AudioResampler` constructor arguments; defaults are the released CIM (both call sites
     build depth 6; the class default of 4 is never used)."""
 
@@ -61,7 +62,7 @@ class CIMConfig:
     @classmethod
     def release(cls, **overrides: Any) -> CIMConfig:
         """The released CIM: 71,092,224 params (`perceiver.pth`)."""
-        return dataclasses.replace(cls(), **overrides)
+        return cls.from_preset("release", **overrides)
 
     @classmethod
     def from_torch_kwargs(cls, kw: Mapping[str, Any], **overrides: Any) -> CIMConfig:
@@ -86,6 +87,18 @@ class CIMConfig:
         d = dataclasses.asdict(self)
         d["dtype"] = jnp.dtype(self.dtype).name
         return d
+
+
+CIMConfig._presets = {
+    "release": {},
+    # narrower resamplers (set embed_dim / output_dim to the encoders' widths): runlocal tests
+    # and the toy world
+    "tiny": dict(dim=32, depth=1, heads=2, dim_head=16, ff_mult=2),
+    "toy": dict(dim=64, depth=2, heads=4, dim_head=16, ff_mult=2),
+}
+CIMConfig._folder_key = "cim"
+CIMConfig._folder_fallback = ("config",)
+CIMConfig._dtype_object = True
 
 
 class PerceiverAttention(nn.Module):

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import IMPLS, dot_product_attention, merge_heads, split_heads
 from maestro_jax.nn.layers import Dense, LayerNorm, gelu_exact
 
@@ -39,7 +40,7 @@ LAYERS = ("penultimate", "last")
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipTextConfig:
+class ClipTextConfig(PresetConfig):
     """Text tower hyperparameters (open_clip `CLIPTextCfg` names).
 
     Attributes:
@@ -101,28 +102,32 @@ class ClipTextConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClipTextConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+
+# `from_folder` reads the top level of config.json (the text folders store the fields there).
+ClipTextConfig._presets = {
+    # OpenCLIP ViT-H-14 text tower (`model_configs/ViT-H-14.json`): 1024 wide, 16 heads, 24
+    # blocks, MLP 4096, embed_dim 1024. As stored in VideoCrafter2's and SD 2.x's LDM checkpoints.
+    "vit_h14": {},
+    # The same tower in the SD 2.x diffusers `text_encoder/` form: 23 blocks, no projection.
+    "vit_h14_hf": dict(layers=23, embed_dim=None, trimmed=1),
+    # The `openclip_text` fixture's configuration: width 64, 4 heads, 3 blocks, embed_dim 32.
+    "tiny": dict(width=64, heads=4, layers=3, embed_dim=32),
+}
 
 
 def vit_h14(**overrides: Any) -> ClipTextConfig:
-    """OpenCLIP ViT-H-14 text tower (`model_configs/ViT-H-14.json`): 1024 wide, 16 heads, 24
-    blocks, MLP 4096, embed_dim 1024. As stored in VideoCrafter2's and SD 2.x's LDM checkpoints."""
-    return dataclasses.replace(ClipTextConfig(), **overrides)
+    """OpenCLIP ViT-H-14 text tower (preset 'vit_h14')."""
+    return ClipTextConfig.from_preset("vit_h14", **overrides)
 
 
 def vit_h14_hf(**overrides: Any) -> ClipTextConfig:
-    """The same tower in the SD 2.x diffusers `text_encoder/` form: 23 blocks, no projection."""
-    return dataclasses.replace(ClipTextConfig(layers=23, embed_dim=None, trimmed=1), **overrides)
+    """The SD 2.x diffusers `text_encoder/` form of it (preset 'vit_h14_hf')."""
+    return ClipTextConfig.from_preset("vit_h14_hf", **overrides)
 
 
 def tiny(**overrides: Any) -> ClipTextConfig:
-    """The `openclip_text` fixture's configuration: width 64, 4 heads, 3 blocks, embed_dim 32."""
-    return dataclasses.replace(
-        ClipTextConfig(width=64, heads=4, layers=3, embed_dim=32), **overrides
-    )
+    """The `openclip_text` fixture's configuration (preset 'tiny')."""
+    return ClipTextConfig.from_preset("tiny", **overrides)
 
 
 def from_open_clip_config(model_cfg: dict[str, Any], **overrides: Any) -> ClipTextConfig:

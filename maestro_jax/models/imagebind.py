@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import dot_product_attention, merge_heads, split_heads
 from maestro_jax.nn.layers import Dense, LayerNorm, gelu_exact
 
@@ -48,7 +49,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageBindConfig:
+class ImageBindConfig(PresetConfig):
     """Sizes of the three branches. Defaults = `imagebind_huge` (ImageBind-Huge)."""
 
     out_dim: int = 1024
@@ -127,9 +128,19 @@ class ImageBindConfig:
         return d
 
 
+ImageBindConfig._presets = {
+    "huge": {},
+    # runlocal tests: a one-block 32-wide audio trunk
+    "tiny": dict(out_dim=32, audio_width=32, audio_depth=1, audio_heads=2),
+}
+ImageBindConfig._folder_key = "imagebind"
+ImageBindConfig._folder_fallback = ("config",)
+ImageBindConfig._dtype_object = True
+
+
 def imagebind_huge(**overrides: Any) -> ImageBindConfig:
     """ImageBind-Huge: audio 768 x 12, vision 1280 x 32, text 1024 x 24, embeddings 1024."""
-    return dataclasses.replace(ImageBindConfig(), **overrides)
+    return ImageBindConfig.from_preset("huge", **overrides)
 
 
 def _normalize(x: jax.Array) -> jax.Array:

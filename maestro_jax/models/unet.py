@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import IMPLS, AttnEdit, dot_product_attention, merge_heads
 from maestro_jax.nn.attention import split_heads as _split_heads
 from maestro_jax.nn.layers import GEGLU, Dense, GroupNorm, LayerNorm, timestep_embedding
@@ -48,7 +49,7 @@ GN_GROUPS = 32
 
 # ----------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(PresetConfig):
     """Hyperparameters of the original UNet (names as in the LDM/VideoCrafter configs).
 
     temporal: VideoCrafter's temporal parts together: `temporal_conv` (a TemporalConvBlock after
@@ -115,30 +116,21 @@ class UNetConfig:
     def replace(self, **kw) -> UNetConfig:
         return dataclasses.replace(self, **kw)
 
-    # ---- presets
+    # ---- presets (`from_preset(name, **overrides)`, `from_folder(path)`: `PresetConfig`)
     @classmethod
     def vc2(cls, **kw) -> UNetConfig:
         """VideoCrafter2 base_512_v2 (`configs/inference_t2v_512_v2.0.yaml`), 1.41 B params."""
-        return cls(**kw)
+        return cls.from_preset("vc2", **kw)
 
     @classmethod
     def sd21(cls, **kw) -> UNetConfig:
         """Stable Diffusion 2.1 (`v2-inference(-v).yaml`), 866 M params."""
-        return cls(**{"temporal": False, "fps_cond": False, **kw})
+        return cls.from_preset("sd21", **kw)
 
     @classmethod
     def tiny(cls, temporal: bool = True, **kw) -> UNetConfig:
         """A few-MB UNet for tests and CPU demos (the vc2_unet3d fixture's sizes)."""
-        base = dict(
-            model_channels=32,
-            channel_mult=(1, 1, 2),
-            attention_resolutions=(1, 2),
-            num_head_channels=16,
-            context_dim=32,
-            temporal=temporal,
-            fps_cond=temporal,
-        )
-        return cls(**{**base, **kw})
+        return cls.from_preset("tiny", **{"temporal": temporal, "fps_cond": temporal, **kw})
 
     # ---- from the original constructor kwargs
     @classmethod
@@ -212,6 +204,20 @@ class UNetConfig:
             use_linear=bool(p.get("use_linear_in_transformer", False)),
             **kw,
         )
+
+
+UNetConfig._presets = {
+    "vc2": {},
+    "sd21": {"temporal": False, "fps_cond": False},
+    "tiny": dict(
+        model_channels=32,
+        channel_mult=(1, 1, 2),
+        attention_resolutions=(1, 2),
+        num_head_channels=16,
+        context_dim=32,
+    ),
+}
+UNetConfig._folder_key = "unet"
 
 
 def _reject_unported(p: Mapping[str, Any], what: str, **supported: Any) -> None:

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import dot_product_attention
 from maestro_jax.nn.layers import Dense, GroupNorm
 
@@ -37,7 +38,7 @@ LOGVAR_CLAMP = (-30.0, 20.0)  # DiagonalGaussianDistribution
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(PresetConfig):
     """AutoencoderKL hyperparameters (LDM `ddconfig` + `embed_dim`)."""
 
     ch: int = 128
@@ -57,7 +58,7 @@ class VAEConfig:
     @classmethod
     def sd(cls, **kw) -> VAEConfig:
         """The SD 1.x/2.x and VideoCrafter2 VAE (83.65 M params)."""
-        return cls(**kw)
+        return cls.from_preset("sd", **kw)
 
     @classmethod
     def from_ldm(cls, ddconfig: Mapping[str, Any], embed_dim: int, **kw) -> VAEConfig:
@@ -79,9 +80,7 @@ class VAEConfig:
     @classmethod
     def tiny(cls, **kw) -> VAEConfig:
         """Tests: the `vc2_vae` fixture's shape (ch 32, two levels, one res block)."""
-        base = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=32)
-        base.update(kw)
-        return cls(**base)
+        return cls.from_preset("tiny", **kw)
 
     @property
     def downsample_factor(self) -> int:
@@ -91,6 +90,14 @@ class VAEConfig:
         d = dataclasses.asdict(self)
         d["dtype"] = jnp.dtype(self.dtype).name
         return d
+
+
+VAEConfig._presets = {
+    "sd": {},
+    "tiny": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=32),
+}
+VAEConfig._folder_key = "vae"
+VAEConfig._dtype_object = True
 
 
 def _conv(features: int, kernel: int, dtype, name: str, stride: int = 1, padding="SAME"):

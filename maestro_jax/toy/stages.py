@@ -24,9 +24,12 @@ Data comes from the procedural world `maestro_jax.toy.world`, drawn fresh every 
   what a web-scale T2V brings to Maestro: cross-attention that says where things are.
 
 Captions drop to "" with probability `p_uncond` (classifier-free guidance). Every stage keeps an
-EMA of its weights and exports it. Checkpoints: `W/ckpt.msgpack` (params, EMA, optimizer state,
-step), replaced atomically every `checkpoint_every` steps; the export `W/export` (the
-`checkpoints.save_params` layout with a config.json the loaders read) is written at the end.
+EMA of its weights and exports it. The stages run in the shared loop (`training.loop`):
+checkpoints `W/checkpoints/<step>/` (orbax: params, EMA, optimizer state; the data position is
+the step, batches being a pure function of (seed, step)) every `checkpoint_every` steps, one
+metrics line per log step (means since the last), the export `W/export` (the
+`checkpoints.save_params` layout with a config.json the loaders read) at the end. The layout
+fine-tuning's attention is in `toy.layout`, the T2V's initial weights in `toy.unet_init`.
 """
 
 from __future__ import annotations
@@ -35,16 +38,13 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 
 from maestro_jax import diffusion, mosaic
 from maestro_jax.checkpoints import load_params, save_params
@@ -52,9 +52,12 @@ from maestro_jax.models import clip_text
 from maestro_jax.models import vae as vae_lib
 from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
-from maestro_jax.nn.attention import dot_product_attention
 from maestro_jax.nn.random_init import random_like
-from maestro_jax.training.checkpoints import truncate_jsonl
+from maestro_jax.toy.layout import LayoutEdit, layout_slots
+from maestro_jax.toy.unet_init import overlay_spatial, same_tree
+from maestro_jax.training import loop as loop_lib
+from maestro_jax.training import validate
+from maestro_jax.training.validate import ConfigError
 
 log = logging.getLogger("maestro_jax.train")
 
@@ -94,45 +97,36 @@ def text_config(config: Any) -> clip_text.ClipTextConfig:
     )
 
 
-def _check(config: Any) -> str:
-    task = config.get("task")
-    if task not in TASKS:
-        raise ValueError(f"config.task must be one of {TASKS}, got {task!r}")
-    if task in ("t2i", "t2v", "vae"):
-        for f in ("total_steps", "batch_size"):
-            if int(config[f]) < 1:
-                raise ValueError(f"config.{f} must be >= 1, got {config[f]}")
-    if task in ("t2i", "t2v"):
-        for f in ("vae_dir", "text_dir"):
-            if not config.get(f) or not (Path(config[f]) / "params").exists():
-                raise ValueError(
-                    f"config.{f}={config.get(f)!r} is not an exported folder (train the "
-                    f"'{f[:-4]}' stage first: python -m maestro_jax.train "
-                    f"--config=configs/toy.py:{f[:-4]} --workdir=...)"
-                )
-    if task == "t2v" and config.get("init_from"):
-        if not (Path(config.init_from) / "params").exists():
-            raise ValueError(f"config.init_from={config.init_from!r} has no exported params")
+def validate_config(config: Any) -> str:
+    """The task of a toy stage config; ConfigError (one line naming the field) otherwise."""
+    validate.one_of(config, "task", TASKS)
+    task = config.task
+    if task not in ("t2i", "t2v", "vae"):
+        return task
+    validate.at_least(config, 1, "total_steps", "batch_size", "log_every", "checkpoint_every")
+    validate.at_least(config, 0, "warmup_steps", "seed")
+    validate.positive(config, "lr", "grad_clip")
+    validate.in_range(config, "ema_decay", 0.0, 1.0)
+    validate.at_least(config, 8, "resolution")
+    if task == "vae":
+        return task
+    validate.in_range(config, "p_uncond", 0.0, 1.0)
+    for f in ("vae_dir", "text_dir"):
+        if not config.get(f) or not (Path(config[f]) / "params").exists():
+            raise ConfigError(
+                f"config.{f}={config.get(f)!r}: must be an exported folder (train the "
+                f"'{f[:-4]}' stage first: python -m maestro_jax.train "
+                f"--config=configs/toy.py:{f[:-4]} --workdir=...)"
+            )
+    if task == "t2v":
+        validate.at_least(config, 1, "num_frames")
+        if config.get("p_layout"):
+            validate.in_range(config, "p_layout", 0.0, 1.0)
+        if config.get("init_from") and not (Path(config.init_from) / "params").exists():
+            raise ConfigError(
+                f"config.init_from={config.init_from!r}: must be a folder with exported params"
+            )
     return task
-
-
-# ----------------------------------------------------------------------------- state i/o
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(state)))
-    os.replace(tmp, path)
-
-
-def _load_state(path: Path, target: dict) -> dict:
-    with open(path, "rb") as f:
-        raw = flax.serialization.msgpack_restore(f.read())
-    return flax.serialization.from_state_dict(target, raw)
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 # ----------------------------------------------------------------------------- frozen parts
@@ -155,13 +149,8 @@ class CaptionCache:
 
 
 def load_vae(vae_dir: str | os.PathLike) -> tuple[vae_lib.VAEConfig, Any]:
-    params, meta = load_params(vae_dir)
-    d = dict(meta["vae"])
-    d.pop("dtype", None)
-    cfg = vae_lib.VAEConfig(
-        **{**d, "ch_mult": tuple(d["ch_mult"]), "attn_resolutions": tuple(d["attn_resolutions"])}
-    )
-    return cfg, params
+    params, _ = load_params(vae_dir)
+    return vae_lib.VAEConfig.from_folder(vae_dir, dtype=jnp.float32), params
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -234,10 +223,10 @@ def _unet_stage(config, temporal: bool):
     if temporal and config.get("init_from"):
         src, meta = load_params(config.init_from)
         if (meta or {}).get("trained_frames"):  # a T2V export: continue from it (fine-tuning)
-            params = _same_tree(params, src, config.init_from)
+            params = same_tree(params, src, config.init_from)
             log.info("t2v: initialised from the video model %s", config.init_from)
         else:
-            params, n = _overlay(params, src)
+            params, n = overlay_spatial(params, src)
             log.info("t2v: %d tensors initialised from %s", n, config.init_from)
     schedule = diffusion.Schedule.vc2() if temporal else diffusion.Schedule.sd21(v=False)
     fps = float(config.get("fps", tw.FPS))
@@ -313,153 +302,6 @@ def _unet_stage(config, temporal: bool):
     return params, loss_fn, batch_fn, export
 
 
-# ----------------------------------------------------------------------------- layout training
-@struct.dataclass
-class LayoutEdit:
-    """Region-masked cross-attention for the toy T2V's layout fine-tuning (`t2v_layout`): the
-    query cells of batch entry b attend only to the context of their slot, as Mosaic Denoising
-    does at generation, but with a layout per entry (an `AttnEdit`).
-
-    slots: [B, S, L, D] contexts; assigns: per resolution [B, h*w] int32 slot of each cell."""
-
-    slots: jax.Array
-    assigns: tuple[jax.Array, ...]
-    resolutions: tuple[tuple[int, int], ...] = struct.field(pytree_node=False)
-    num_frames: int = struct.field(pytree_node=False, default=1)
-
-    def __call__(self, q, context, project_kv, *, scale, hw):
-        ri = self.resolutions.index((int(hw[0]), int(hw[1])))
-        b, s = self.slots.shape[:2]
-        f = self.num_frames
-        k, v = project_kv(self.slots)  # [B, S, L, H, dh]
-
-        def rows(x):  # [B, S, ...] -> [S, B*F, ...] (row b*F + f)
-            x = jnp.broadcast_to(x[:, None], (b, f, *x.shape[1:]))
-            return jnp.moveaxis(x.reshape(b * f, *x.shape[2:]), 1, 0)
-
-        outs = jax.vmap(lambda kk, vv: dot_product_attention(q, kk, vv, scale=scale))(
-            rows(k), rows(v)
-        )  # [S, B*F, T, H, dh]
-        slot = jnp.repeat(self.assigns[ri], f, axis=0)  # [B*F, T]
-        sel = slot[None] == jnp.arange(s, dtype=slot.dtype)[:, None, None]
-        return jnp.sum(jnp.where(sel[..., None, None], outs, 0), axis=0)
-
-
-def layout_slots(
-    captions: Any,
-    null_ctx: np.ndarray,
-    caps: list[str],
-    cls: np.ndarray,
-    boxes: np.ndarray,
-    use: np.ndarray,
-    resolutions: tuple[tuple[int, int], ...],
-    n_q: int,
-    token_offset: int = 1,
-    merge: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per-entry slot contexts and cell assignments for `LayoutEdit`.
-
-    Slots of entry b: K object contexts (the null embedding with columns [o, o + n_q) taken from
-    the class label's own embedding: exactly C_sep's layout, with the text the CIM is trained
-    to reproduce), then the null embedding (cells in no box: Mosaic Denoising's 'null'
-    background), then the plain context: the caption's embedding, or with merge[b] C_merge
-    (every object's label columns side by side in the null embedding, `mosaic.build_contexts`:
-    the context of Object Locating and of vanilla generation). Entries without use[b] send every
-    cell to the plain slot; the others are rasterised like `mosaic.rasterize` (centre cells,
-    smaller box first) at every resolution. Returns (slots float32 [B, K + 2, L, D], per
-    resolution int32 [B, h*w])."""
-    from maestro_jax.toy import world as tw
-
-    b, k = cls.shape
-    labels = tw.labels()
-    slots = np.broadcast_to(null_ctx, (b, k + 2, *null_ctx.shape)).copy()
-    slots[:, k + 1] = captions(caps)
-    assigns = [np.full((b, h * w), k + 1, np.int32) for h, w in resolutions]
-    merge = np.zeros(b, bool) if merge is None else np.asarray(merge, bool)
-    cols = slice(token_offset, token_offset + n_q)
-    for i in np.nonzero(use | merge)[0]:
-        on = np.nonzero(cls[i] >= 0)[0]
-        if on.size == 0:
-            continue
-        toks = captions([labels[int(cls[i, j])] for j in on])[:, cols]  # [K_i, N_Q, D]
-        if not use[i]:
-            c_merge, _ = mosaic.build_contexts(null_ctx, toks[:, None], 1, token_offset)
-            slots[i, k + 1] = np.asarray(c_merge[0])
-            continue
-        slots[i, on, cols] = toks
-        for r, hw in enumerate(resolutions):
-            try:
-                ras = mosaic.rasterize(
-                    [tuple(float(v) for v in boxes[i, j]) for j in on], hw, 1, background="null"
-                )
-            except ValueError:  # a box too thin for this grid: the entry trains plainly
-                for a in assigns:
-                    a[i] = k + 1
-                break
-            a = ras.assign[0].reshape(-1)  # 0..len(on)-1 boxes, len(on) = none
-            assigns[r][i] = np.where(a < on.size, on[np.minimum(a, on.size - 1)], k)
-    return slots.astype(np.float32), assigns
-
-
-def spatial_name_map(src_top: list[str]) -> dict[str, str]:
-    """2D UNet layer names -> the 3D UNet's: in each block the 3D UNet inserts a
-    TemporalTransformer after every SpatialTransformer, shifting the later layers by one
-    (e.g. 2D middle_block_2, a ResBlock, is 3D middle_block_3). A layer is a SpatialTransformer
-    when it has `proj_in`; `src_top` lists the 2D names with that marker as 'name:st'."""
-    import re
-
-    blocks: dict[str, list[tuple[int, bool]]] = {}
-    for item in src_top:
-        name, _, kind = item.partition(":")
-        m = re.fullmatch(r"(input_blocks_\d+|output_blocks_\d+|middle_block)_(\d+)", name)
-        if m:
-            blocks.setdefault(m.group(1), []).append((int(m.group(2)), kind == "st"))
-    out = {}
-    for block, layers in blocks.items():
-        shift = 0
-        for j, is_st in sorted(layers):
-            out[f"{block}_{j}"] = f"{block}_{j + shift}"
-            shift += int(is_st)
-    return out
-
-
-def _overlay(params: Any, src: Any) -> tuple[Any, int]:
-    """Copy the 2D UNet's tensors into the 3D UNet where path (after `spatial_name_map`) and
-    shape agree (VideoCrafter's recipe: spatial weights from the image model)."""
-    flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params))
-    sflat = flax.traverse_util.flatten_dict(src)
-    names = spatial_name_map([f"{k}:st" if "proj_in" in v else k for k, v in src.items()])
-    n = 0
-    for k, v in sflat.items():
-        k3 = (names.get(k[0], k[0]),) + k[1:]
-        if k3 in flat and tuple(flat[k3].shape) == tuple(np.shape(v)):
-            flat[k3] = np.asarray(v, np.float32)
-            n += 1
-    if n == 0:
-        raise ValueError("init_from: no tensor of the source matches the 3D UNet")
-    return flax.traverse_util.unflatten_dict(flat), n
-
-
-def _same_tree(params: Any, src: Any, where: str) -> Any:
-    """`src` as the initial weights of a model whose tree is `params` (same paths and shapes)."""
-    flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params))
-    sflat = flax.traverse_util.flatten_dict(src)
-    bad = sorted(
-        "/".join(k) for k in flat.keys() ^ sflat.keys()
-    ) + sorted(
-        "/".join(k) for k in flat.keys() & sflat.keys()
-        if tuple(np.shape(sflat[k])) != tuple(flat[k].shape)
-    )  # fmt: skip
-    if bad:
-        raise ValueError(
-            f"init_from={where!r} is a video model of another shape ({len(bad)} tensors differ, "
-            f"e.g. {bad[:3]}); set config.unet like the model it was trained with"
-        )
-    return flax.traverse_util.unflatten_dict(
-        {k: np.asarray(v, np.float32) for k, v in sflat.items()}
-    )
-
-
 def _provenance(config: Any) -> dict:
     return {
         "entry_point": f"python -m maestro_jax.train --config=configs/toy.py:{config.task}",
@@ -469,9 +311,9 @@ def _provenance(config: Any) -> dict:
     }
 
 
-def _export_frozen(config, workdir: Path) -> dict:
-    """text / imagebind: random frozen weights, exported once (deterministic in the seed)."""
-    out = workdir / "export"
+def _frozen_task(config, workdir: Path) -> loop_lib.Task:
+    """text / imagebind: random frozen weights (deterministic in the seed), nothing trains:
+    a run of zero steps that exports them."""
     if config.task == "text":
         cfg = text_config(config)
         p = random_like(clip_text.abstract_params(cfg), int(config.seed))
@@ -489,72 +331,81 @@ def _export_frozen(config, workdir: Path) -> dict:
         p = random_like(abstract["params"], int(config.seed))
         meta = {"imagebind": cfg.to_dict()}
     meta["made_by"] = _provenance(config)
-    save_params(out, p, meta)
-    log.info("%s: frozen random weights exported to %s", config.task, out)
-    return {"step": 0, "export": str(out)}
+
+    def export(params) -> dict:
+        out = save_params(workdir / "export", params, meta)
+        log.info("%s: frozen random weights exported to %s", config.task, out)
+        return {"export": str(out)}
+
+    return loop_lib.Task(f"toy {config.task}", p, step=None, batch=None, export=export)
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(config: Any, workdir: str | os.PathLike) -> dict:
-    """Run one toy stage to `config.total_steps` (resuming), then export W/export."""
-    task = _check(config)
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    if task in ("text", "imagebind"):
-        return _export_frozen(config, workdir)
+def _trained_task(config: Any, workdir: Path) -> loop_lib.Task:
+    """vae / t2i / t2v: Adam (warm-up, cosine decay, clipping) with an EMA of the weights."""
+    task = config.task
     if task == "vae":
         params, loss_fn, batch_fn, export = _vae_stage(config)
     else:
         params, loss_fn, batch_fn, export = _unet_stage(config, temporal=task == "t2v")
-
     total = int(config.total_steps)
     warm = min(int(config.warmup_steps), max(total - 1, 0))
     sched = optax.warmup_cosine_decay_schedule(
         0.0, float(config.lr), warm, max(total, warm + 1), float(config.lr) * 0.1
     )
     tx = optax.chain(optax.clip_by_global_norm(float(config.grad_clip)), optax.adam(sched))
-    ema_decay = float(config.ema_decay)
-    state = {"params": params, "ema": params, "opt": tx.init(params), "step": 0}
-    ckpt = workdir / "ckpt.msgpack"
-    if ckpt.exists():
-        state = _load_state(ckpt, state)
-        log.info("%s: resumed at step %d from %s", task, int(state["step"]), ckpt)
-    start = int(state["step"])
-    metrics = workdir / "metrics.jsonl"
-    truncate_jsonl(metrics, start)
+    ema_decay, seed = float(config.ema_decay), int(config.seed)
+    params = jax.tree.map(jnp.asarray, params)
 
     @jax.jit
-    def step_fn(params, ema, opt, batch, key, step):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
-        updates, opt = tx.update(grads, opt, params)
-        params = optax.apply_updates(params, updates)
+    def step_fn(state, batch):
+        i = batch.pop("index")  # 0-based step
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state["params"], batch, key)
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        p = optax.apply_updates(state["params"], updates)
         # EMA with the usual warm-up: early on it follows the weights closely
-        d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-        return params, ema, opt, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        d = jnp.minimum(ema_decay, (1.0 + i) / (10.0 + i))
+        ema = jax.tree.map(lambda e, q: d * e + (1.0 - d) * q, state["ema"], p)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        return {"params": p, "ema": ema, "opt": opt}, metrics
 
-    from tqdm import tqdm
+    def batch(step: int) -> dict:
+        b = batch_fn(np.random.default_rng([seed, step - 1]))
+        return {**b, "index": np.int32(step - 1)}
 
-    seed = int(config.seed)
-    p, e, o = state["params"], state["ema"], state["opt"]
-    t0, last = time.perf_counter(), None
-    bar = tqdm(total=total, initial=start, desc=f"toy {task}", unit="step", mininterval=2.0)
-    for step in range(start, total):
-        batch = batch_fn(np.random.default_rng([seed, step]))
-        key = jax.random.fold_in(jax.random.key(seed), step)
-        p, e, o, m = step_fn(p, e, o, batch, key, jnp.float32(step))
-        if (step + 1) % int(config.log_every) == 0 or step + 1 == total:
-            m = {k: float(v) for k, v in m.items()}
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"{task}: loss became {m['loss']} at step {step + 1}")
-            last = m
-            _append_metrics(metrics, {"step": step + 1, "time": time.perf_counter() - t0, **m})
-            bar.set_postfix(loss=f"{m['loss']:.4f}")
-        if (step + 1) % int(config.checkpoint_every) == 0 or step + 1 == total:
-            _save_state(ckpt, {"params": p, "ema": e, "opt": o, "step": step + 1})
-        bar.update(1)
-    bar.close()
-    out = workdir / "export"
-    export(jax.tree.map(np.asarray, e if config.get("export_ema", True) else p), out)
-    log.info("%s: exported %s (%.0f s)", task, out, time.perf_counter() - t0)
-    return {"step": total, "export": str(out), "last": last}
+    def export_state(state) -> dict:
+        out = workdir / "export"
+        export(
+            jax.tree.map(np.asarray, state["ema" if config.get("export_ema", True) else "params"]),
+            out,
+        )
+        log.info("%s: exported %s", task, out)
+        return {"export": str(out)}
+
+    return loop_lib.Task(
+        name=f"toy {task}",
+        state={"params": params, "ema": params, "opt": tx.init(params)},
+        step=step_fn,
+        batch=batch,
+        export=export_state,
+        config=json.loads(config.to_json_best_effort()),
+        finite=("loss",),
+        progress=True,
+    )
+
+
+def train(config: Any, workdir: str | os.PathLike) -> dict:
+    """Run one toy stage to `config.total_steps` (resuming), then export W/export."""
+    task = validate_config(config)
+    workdir = Path(workdir).absolute()
+    if task in ("text", "imagebind"):
+        return loop_lib.run(_frozen_task(config, workdir), loop_lib.LoopConfig(0, 1, 1), workdir)
+    loop = loop_lib.LoopConfig(
+        total_steps=int(config.total_steps),
+        log_every=int(config.log_every),
+        checkpoint_every=int(config.checkpoint_every),
+        keep=2,
+    )
+    return loop_lib.run(_trained_task(config, workdir), loop, workdir)

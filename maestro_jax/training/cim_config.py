@@ -148,7 +148,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Checkpoints (orbax, async): every_steps and at the end; keep the newest `keep`.
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3, "async": True})
-    c.log_every_steps = 50  # console + TensorBoard flush (metrics.jsonl gets every step)
+    # metrics reach the host only at log steps (console line, TensorBoard flush); metrics.jsonl
+    # still gets one line per step, fetched together at the log step
+    c.log_every_steps = 50
     # Sample images of the frozen T2I model conditioned on held-out audio (DDIM, CFG against
     # the null embedding), written to <workdir>/samples/ and TensorBoard. every_steps 0 = off.
     c.sample = ml_collections.ConfigDict(
