@@ -64,6 +64,10 @@ class PrepareUnitFn(beam.DoFn):
         # The mel's fbank runs in JAX: on the host CPU on every worker, so a record has the same
         # bytes whatever machine wrote it (a worker with an accelerator keeps it for curation).
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # imageio-ffmpeg starts ffmpeg with a preexec_fn, i.e. a plain fork() of this process,
+        # whose gRPC threads (the Beam worker's) then break the child: ffmpeg never starts and
+        # the file is reported unreadable. Without it Python spawns ffmpeg without fork handlers.
+        os.environ["IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"] = "1"
         from maestro_jax.data.prepare import features_for
 
         self.features = features_for(self.opts)
