@@ -3,8 +3,8 @@ processes) against a process pool running the same work units (what data.prepare
 ran on Beam: spawned processes over `prepare_unit`, then the same commit step), on the same
 synthetic videos; checks that both wrote the same records (bytes) in the same order.
 
-    python benchmarks/data_prepare.py [--videos 24] [--workers 2] [--size 144x256] \
-        [--resolution 128] [--files_per_part 2] [--serial] [--json FILE]
+    python benchmarks/data_prepare.py [--videos 24] [--workers 2] [--size 144x256] [--fps 8] \
+        [--resolution 128] [--files_per_part 2] [--ways serial,pool,beam] [--json FILE]
 
 Needs the `.[data]` extra (apache-beam). Prints a markdown table.
 """
@@ -25,12 +25,15 @@ from absl import flags
 
 from maestro_jax import cli
 
-_VIDEOS = flags.DEFINE_integer("videos", 24, "synthetic 10.5 s videos (8 fps, AAC audio)")
+_VIDEOS = flags.DEFINE_integer("videos", 24, "synthetic 10.5 s videos (h264 + AAC audio)")
+_FPS = flags.DEFINE_float("fps", 8.0, "their frame rate")
 _WORKERS = flags.DEFINE_integer("workers", 2, "worker processes (pool and DirectRunner)")
 _SIZE = flags.DEFINE_string("size", "144x256", "video frame size HxW")
 _RESOLUTION = flags.DEFINE_integer("resolution", 128, "record frame size")
 _FILES_PER_PART = flags.DEFINE_integer("files_per_part", 2, "source files per work unit")
-_SERIAL = flags.DEFINE_bool("serial", False, "also time one process running every unit")
+_WAYS = flags.DEFINE_list(
+    "ways", "serial,pool,beam", "serial: one process runs every unit; pool; beam (DirectRunner)"
+)
 _JSON = flags.DEFINE_string("json", None, "write the results here")
 _WORKDIR = flags.DEFINE_string("workdir", None, "keep the videos and outputs here")
 
@@ -95,12 +98,20 @@ def main(argv: list[str]) -> int:
     work = Path(_WORKDIR.value or tempfile.mkdtemp(prefix="bench_prepare_"))
     src = work / "videos"
     if not src.exists():
-        make_synthetic_videos(src, _VIDEOS.value, size=(h, w), corrupt=False, num_classes=4)
+        make_synthetic_videos(
+            src, _VIDEOS.value, size=(h, w), fps=_FPS.value, corrupt=False, num_classes=4
+        )
     opts = PrepOptions(resolution=_RESOLUTION.value)
     n = _WORKERS.value
-    runs = [("pool (spawned processes)", run_pool, n), ("Beam DirectRunner", run_beam, n)]
-    if _SERIAL.value:
-        runs.insert(0, ("one process", run_pool, 1))
+    ways = {
+        "serial": ("one process", run_pool, 1),
+        "pool": ("pool (spawned processes)", run_pool, n),
+        "beam": ("Beam DirectRunner", run_beam, n),
+    }
+    bad = [w for w in _WAYS.value if w not in ways]
+    if bad:
+        return cli.error(f"unknown --ways {bad}; choose from {sorted(ways)}")
+    runs = [ways[w] for w in _WAYS.value]
     results, ref = [], None
     for name, fn, workers in runs:
         out = work / f"out_{len(results)}"
@@ -121,7 +132,7 @@ def main(argv: list[str]) -> int:
             }
         )
     print(
-        f"\n{_VIDEOS.value} synthetic videos {h}x{w}, 10.5 s at 8 fps -> records at "
+        f"\n{_VIDEOS.value} synthetic videos {h}x{w}, 10.5 s at {_FPS.value:g} fps -> records at "
         f"{_RESOLUTION.value} px, {_FILES_PER_PART.value} files per unit; "
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}\n"
     )

@@ -24,6 +24,12 @@ left to right) with the median as a red line (paper Fig. 6).
 
 `--imagebind random-tiny` uses a tiny randomly initialised ImageBind (tests, no weights);
 otherwise a folder written by `python -m convert.imagebind` holding all three branches.
+
+An Apache Beam pipeline (`beam_pipelines.run_curate`; the `.[data]` extra), like data.prepare:
+workers score batches of --batch_size clips (ImageBind loaded once per worker, on its default
+JAX device: the accelerator when it has one), one step applies the rules over all scores,
+workers copy the kept records into parts, one commit step builds the TFDS folder. A rerun
+(also after a killed run) replaces the previous curation.
 """
 
 from __future__ import annotations

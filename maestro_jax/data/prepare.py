@@ -3,8 +3,9 @@
 mel input of its S = 5 two-second clips, and the 16 kHz audio.
 
     python -m data.prepare --input DIR --labels FILE_OR_NONE \
-        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] [--workers N] \
-        [--frames_rule default|release] [--split NAME] [--drop_audio]
+        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] \
+        [--frames_rule default|release] [--split NAME] [--drop_audio] \
+        [--runner DirectRunner] [--direct_num_workers 0] [-- OTHER BEAM OPTIONS]
 
 Layouts:
   vggsound    --labels is the VGGSound CSV (youtube_id, start_seconds, label, split; no header).
@@ -32,13 +33,21 @@ manifest also records the static-video score (mean Farneback flow magnitude at 2
 the same centre crop resized to min(256, resolution) pixels, `--flow_size`) and the audio peak,
 for `data.curate`.
 
-Parallel over work units of --files_per_part source files (spawned processes, `--workers`);
-each unit is committed atomically as one array_record part + a JSON sidecar, so a killed run
-resumes where it stopped (jobs already in a committed part are skipped). Unreadable files are
-logged to OUT/errors.jsonl and skipped, never fatal. At the end the TFDS folder
-OUT/maestro_av/1.0.0 is (re)built from the parts: hard links named as TFDS names shards, plus
-dataset_info.json and features.json written by `tfds.folder_dataset.write_metadata` (no
-TensorFlow needed).
+An Apache Beam pipeline (`beam_pipelines.run_prepare`; the `.[data]` extra): the launcher lists
+the input and splits the sources, per split in discovery order, into work units of
+--files_per_part files; workers (DirectRunner: processes on this machine; or Dataflow, Flink,
+Spark) each decode and featurize a unit and commit it atomically as one array_record part + a
+JSON sidecar named `<unit index>-<digest of its sources>`; one commit step then (re)builds the
+TFDS folder OUT/maestro_av/1.0.0 from the parts (hard links named as TFDS names shards, plus
+dataset_info.json and features.json written by `tfds.folder_dataset.write_metadata`; no
+TensorFlow needed), OUT/manifest.jsonl and OUT/errors.jsonl.
+
+Guarantees: unreadable files are skipped, never fatal (their rows: the pipeline's `errors`
+output, kept in their unit's sidecar and merged into OUT/errors.jsonl); a rerun, also after a
+killed run, skips the committed units and writes the others under the same names, so nothing is
+written twice or lost (`--retry_errors` runs units with errors again); the record order is the
+discovery order whichever worker finished first; a record has the same bytes wherever it was
+written (`serialize_record`, CPU numerics).
 """
 
 from __future__ import annotations
