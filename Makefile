@@ -3,16 +3,22 @@ PY ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint venv clean toy-world
 
+# The core install (what `make demo` needs); the test extra (pytest, torch, apache-beam) on top.
 $(STAMP): setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
+
+venv: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m maestro_jax.demo
@@ -21,10 +27,10 @@ demo: $(STAMP)
 toy-world: $(STAMP)
 	$(VPY) -m maestro_jax.toy.build
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadfile tests
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:

@@ -174,6 +174,9 @@ def test_prepare_rerun_is_idempotent(prepared, tmp_path):
     assert sorted(m["clip_id"] for m in m2) == sorted(m["clip_id"] for m in manifest)
     assert sorted(r2) == sorted(recs)
 
+    with pytest.raises(ValueError, match="every worker sees"):
+        P.prepare(vids, "gs://bucket/out", "landscape", opts=opts)
+
     # Other record options cannot resume into the same folder.
     with pytest.raises(ValueError, match="other options"):
         P.prepare(vids, out, "landscape", opts=P.PrepOptions(resolution=48), beam_args=IN_PROCESS)

@@ -437,7 +437,9 @@ def curate(
     if sim_rule not in ("median", "none"):
         raise ValueError(f"sim_rule must be 'median' or 'none', got {sim_rule!r}")
     from maestro_jax.data import beam_pipelines
+    from maestro_jax.data.prepare import check_local_paths
 
+    check_local_paths(data=data_dir, out=out_dir, imagebind=imagebind, bpe=bpe_path)
     data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir).absolute()
     if data_dir == out_dir:
         raise ValueError("--out must differ from --data (the input is never modified)")

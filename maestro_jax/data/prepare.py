@@ -588,6 +588,17 @@ def finish(out_dir: str | os.PathLike, opts: PrepOptions, problems: Sequence[dic
 # ==================================================================================================
 
 
+def check_local_paths(**paths) -> None:
+    """Every path must be a folder or file that the launcher and every Beam worker see at the
+    same place (a local folder, NFS, Filestore, a mounted bucket): URLs are refused."""
+    for name, path in paths.items():
+        if path is not None and "://" in str(path):
+            raise ValueError(
+                f"--{name} {path}: give a path that every worker sees (NFS, Filestore, a mounted "
+                "bucket); URLs such as gs:// are not read or written directly"
+            )
+
+
 def _check_config(out_dir: Path, opts: PrepOptions, classes: list[str], layout: str) -> None:
     cfg_path, cls_path = out_dir / "prep_config.json", out_dir / "classes.json"
     cfg = {**dataclasses.asdict(opts), "layout": layout, "num_frames": opts.num_frames}
@@ -636,6 +647,7 @@ def prepare(
 
     opts = opts or PrepOptions()
     opts.validate()
+    check_local_paths(input=input_dir, labels=labels, out=out_dir)
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs, classes, problems = discover(input_dir, layout, labels, split)
