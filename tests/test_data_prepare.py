@@ -479,3 +479,16 @@ def test_curate_copies_kept_records(prepared, fixtures_dir):
         shutil.copy(part.with_suffix(ext), part.with_name("curated-00009").with_suffix(ext))
     s = curate(prepared["out"], "random-tiny", cur, beam_args=IN_PROCESS, **kw)
     assert s["splits"] == {"train": 4} and files.read_jsonl(cur / "manifest.jsonl") == manifest
+    # The command, Beam options after `--` (one part of up to 256 records by default).
+    from maestro_jax import cli
+    from tests.conftest import load_command
+
+    argv = ["--data", str(prepared["out"]), "--imagebind", "random-tiny", "--out", str(cur),
+            "--bpe", str(fixtures_dir / BPE), "--sim_rule", "none", "--", *IN_PROCESS]  # fmt: skip
+    assert cli.call(load_command("data.curate").main, argv) == 0
+    assert [m["clip_id"] for m in files.read_jsonl(cur / "manifest.jsonl")] == [
+        m["clip_id"] for m in manifest
+    ]
+    assert sorted(p.name for p in (cur / "parts" / "train").iterdir()) == [
+        "curated-00000.array_record", "curated-00000.json",
+    ]  # fmt: skip
