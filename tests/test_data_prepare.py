@@ -492,3 +492,24 @@ def test_curate_copies_kept_records(prepared, fixtures_dir):
     assert sorted(p.name for p in (cur / "parts" / "train").iterdir()) == [
         "curated-00000.array_record", "curated-00000.json",
     ]  # fmt: skip
+
+
+# ==================================================================================================
+# The benchmark
+# ==================================================================================================
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/data_prepare.py on two tiny videos: one process vs Beam, same records."""
+    from maestro_jax import cli
+    from tests.conftest import load_command
+
+    bench = load_command("benchmarks.data_prepare")
+    argv = ["--videos", "2", "--size", "32x48", "--resolution", "16", "--files_per_part", "1",
+            "--workers", "1", "--ways", "serial,beam", "--json", str(tmp_path / "r.json"),
+            "--workdir", str(tmp_path / "w")]  # fmt: skip
+    assert cli.call(bench.main, argv) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["impl"] for r in rows] == ["one process", "Beam DirectRunner"]
+    assert all(r["clips"] == 2 and r["same_records"] for r in rows)
+    assert "| Beam DirectRunner | 1 |" in capsys.readouterr().out
