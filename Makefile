@@ -3,16 +3,23 @@ PY ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint venv clean toy-world constraints
 
+# The core install (what `make demo` needs); the test extra (pytest, torch, apache-beam) on top.
+# Both are pinned by constraints.txt.
 $(STAMP): setup.py constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(VPY) -m pip install -q -c constraints.txt -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(TEST_STAMP)
+
+venv: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m maestro_jax.demo
@@ -21,16 +28,16 @@ demo: $(STAMP)
 toy-world: $(STAMP)
 	$(VPY) -m maestro_jax.toy.build
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadfile tests
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Re-pin constraints.txt to the newest releases setup.py allows (then run `make test`).
 constraints:
 	rm -rf .venv-pin && $(PY) -m venv .venv-pin && .venv-pin/bin/pip install -q --upgrade pip
-	.venv-pin/bin/pip install -q -e ".[test]"
+	.venv-pin/bin/pip install -q -e ".[test,data]"
 	{ echo "# Versions 'make' installs (pip install -c constraints.txt): the exact set the tests"; \
 	  echo "# passed with (Python 3.11, CPU). Regenerate after an intended upgrade: make constraints."; \
 	  .venv-pin/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt

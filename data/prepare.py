@@ -2,8 +2,13 @@
 layouts and the guarantees: `maestro_jax.data.prepare`).
 
     python -m data.prepare --input DIR --labels FILE_OR_NONE \
-        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] [--workers N] \
-        [--frames_rule default|release] [--split NAME] [--drop_audio]
+        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] \
+        [--frames_rule default|release] [--split NAME] [--drop_audio] \
+        [--runner DirectRunner] [--direct_num_workers 0] [--beam_options "..."] [-- BEAM OPTIONS]
+
+An Apache Beam pipeline (`pip install -e '.[data]'`): DirectRunner runs --direct_num_workers
+processes on this machine (0: one per core); any other Beam runner takes its options after `--`
+or in --beam_options (README, "Dataset preparation at scale").
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ _LABELS = flags.DEFINE_string(
 _LAYOUT = flags.DEFINE_enum("layout", None, LAYOUTS, "source layout", required=True)
 _OUT = flags.DEFINE_string("out", None, "output dataset folder", required=True)
 _RESOLUTION = flags.DEFINE_integer("resolution", 512, "frame size (short side, then centre crop)")
-_WORKERS = flags.DEFINE_integer("workers", 1, "processes (<= 1: in this process)")
 _FRAMES_RULE = flags.DEFINE_enum("frames_rule", "default", FRAME_RULES, "frames kept per clip")
 _CLIP_RULE = flags.DEFINE_enum("clip_rule", "git", ["git", "pypi015"], "ImageBind clip times")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", CLIP_SECONDS, "seconds per training clip")
@@ -34,12 +38,23 @@ _FILES_PER_PART = flags.DEFINE_integer("files_per_part", 32, "source files per w
 _FLOW_SIZE = flags.DEFINE_integer("flow_size", 256, "static-filter analysis size (pixels)")
 _SPLIT = flags.DEFINE_string("split", None, "override the split of every clip")
 _DROP_AUDIO = flags.DEFINE_bool("drop_audio", False, "do not store the 16 kHz audio")
-_NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "no progress bar")
+_RETRY = flags.DEFINE_bool("retry_errors", False, "run committed units that had errors again")
+_RUNNER = flags.DEFINE_string(
+    "runner", "DirectRunner", "Beam runner (DataflowRunner, FlinkRunner..)"
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "direct_num_workers", 0, "DirectRunner worker processes (0: one per core)"
+)
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_options", "", 'more Beam pipeline options, e.g. "--project=P --region=R"'
+)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        return cli.error(f"unexpected arguments: {argv[1:]}")
+    beam_args = cli.beam_args(_BEAM_OPTIONS.value, argv[1:])
+    if isinstance(beam_args, int):
+        return beam_args
+    cli.quiet_beam()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     labels = None if _LABELS.value.lower() in ("none", "") else _LABELS.value
     if labels is not None and not Path(labels).is_file():
@@ -56,14 +71,16 @@ def main(argv: list[str]) -> int:
     )
     try:
         summary = prepare(
-            _INPUT.value, _OUT.value, _LAYOUT.value, labels, opts, workers=_WORKERS.value,
+            _INPUT.value, _OUT.value, _LAYOUT.value, labels, opts,
             files_per_part=_FILES_PER_PART.value, split=_SPLIT.value,
-            progress=not _NO_PROGRESS.value,
+            retry_errors=_RETRY.value, runner=_RUNNER.value,
+            num_workers=_NUM_WORKERS.value, beam_args=beam_args,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         return cli.error(str(e))
     print(
         f"{_OUT.value}: {summary['clips_written']} new clips from {summary['processed']} sources "
+        f"in {summary['units']} units "
         f"({summary['skipped']} already done, {len(summary['errors'])} skipped with errors, "
         f"see errors.jsonl); records per split: {summary['splits']}"
     )

@@ -11,7 +11,9 @@ so its flags never clash with another command's.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -83,3 +85,22 @@ def call(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int | 
         return main(rest)
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def beam_args(options: str, rest: Sequence[str]) -> list[str] | int:
+    """Apache Beam pipeline options of a data command: the words of its --beam_options string,
+    then what followed `--` on its command line. Each must be an option (`--name[=value]`, or
+    a value after an option); anything else is reported like a bad flag (returns 2)."""
+    args = [*shlex.split(options or ""), *rest]
+    if args and not args[0].startswith("--"):
+        return error(f"unexpected arguments: {args} (Beam options look like --name=value)")
+    return args
+
+
+def quiet_beam() -> None:
+    """Keep Apache Beam's worker chatter (gRPC, the DirectRunner's job service) out of a data
+    command's output (errors only)."""
+    import logging as std_logging
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    std_logging.getLogger("apache_beam").setLevel(std_logging.ERROR)

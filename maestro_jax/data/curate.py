@@ -24,6 +24,12 @@ left to right) with the median as a red line (paper Fig. 6).
 
 `--imagebind random-tiny` uses a tiny randomly initialised ImageBind (tests, no weights);
 otherwise a folder written by `python -m convert.imagebind` holding all three branches.
+
+An Apache Beam pipeline (`beam_pipelines.run_curate`; the `.[data]` extra), like data.prepare:
+workers score batches of --batch_size clips (ImageBind loaded once per worker, on its default
+JAX device: the accelerator when it has one), one step applies the rules over all scores,
+workers copy the kept records into parts, one commit step builds the TFDS folder. A rerun
+(also after a killed run) replaces the previous curation.
 """
 
 from __future__ import annotations
@@ -45,9 +51,8 @@ from maestro_jax.data.tfds_format import (
     finalize,
     load_classes,
     load_features,
-    tfds_dir,
 )
-from maestro_jax.files import read_jsonl, write_json
+from maestro_jax.files import read_jsonl, write_json, write_text
 
 log = logging.getLogger("maestro_jax.data.curate")
 
@@ -215,98 +220,96 @@ def histogram_image(
 
 
 # ==================================================================================================
-# Driver
+# The steps (run by the Beam pipeline of `beam_pipelines.run_curate`)
 # ==================================================================================================
 
 
-def compute_scores(
-    data_dir: str | os.PathLike,
-    embedder: Embedder,
-    tokenizer,
-    *,
-    read_batch: int = 64,
-) -> list[dict]:
-    """Per manifest row: {clip_id, split, index, sim_av, sim_vt, sim_at}. Reads the records with
-    `tfds.data_source`, in manifest order."""
-    import tensorflow_datasets as tfds
+class RecordReader:
+    """Reads records of a prepared dataset by (split, part, row) of its manifest, from the parts
+    (one open ArrayRecordReader per part file)."""
 
-    data_dir = Path(data_dir)
-    manifest = read_jsonl(data_dir / "manifest.jsonl")
-    classes = load_classes(data_dir)
-    text_emb = embedder("text", tokenizer(classes))  # [num_classes, E]
-    builder = tfds.builder_from_directory(str(tfds_dir(data_dir)))
-    sources = {}
-    out = []
-    for i in range(0, len(manifest), read_batch):
-        rows = manifest[i : i + read_batch]
-        recs = []
-        for r in rows:
-            if r["split"] not in sources:
-                sources[r["split"]] = builder.as_data_source(r["split"])
-            recs.append(sources[r["split"]][r["index"]])
-        frames = np.stack([x["frames"][x["frames"].shape[0] // 2] for x in recs])
-        mel = np.stack([np.asarray(x["mel"], np.float32) for x in recs])
-        li = np.array([int(x["label_index"]) for x in recs])
-        va, aa = embedder("vision", frames), embedder("audio", mel)
-        ta = text_emb[li]
-        av, vt, at = (np.sum(a * b, axis=-1) for a, b in ((va, aa), (va, ta), (aa, ta)))
-        for j, r in enumerate(rows):
-            out.append(
-                {
-                    "clip_id": r["clip_id"],
-                    "split": r["split"],
-                    "index": r["index"],
-                    "sim_av": float(av[j]),
-                    "sim_vt": float(vt[j]),
-                    "sim_at": float(at[j]),
-                }
-            )
-    return out
+    def __init__(self, data_dir: str | os.PathLike):
+        self.dir = Path(data_dir)
+        self._features = None
+        self._readers: dict[Path, Any] = {}
+
+    def raw(self, m: dict) -> bytes:
+        """The serialized record of manifest row `m`."""
+        from array_record.python import array_record_module as arm
+
+        path = self.dir / "parts" / m["split"] / f"{m['part']}.array_record"
+        if path not in self._readers:
+            self._readers[path] = arm.ArrayRecordReader(str(path))
+        return self._readers[path].read([m["row"]])[0]
+
+    def __call__(self, m: dict) -> dict:
+        """The record of manifest row `m` as numpy arrays (what `tfds.data_source` returns)."""
+        if self._features is None:
+            self._features = load_features(self.dir)
+        return self._features.deserialize_example_np(self.raw(m))
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
 
 
-def curate(
-    data_dir: str | os.PathLike,
-    imagebind: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    bpe_path: str | os.PathLike | None = None,
-    flow_threshold: float = 0.1,
-    silence_eps: float = 0.0,
-    batch_size: int = 16,
-    records_per_part: int = 256,
-    sim_rule: str = "median",
-) -> dict:
-    """Score, filter and write the curated dataset; returns the summary written to
-    OUT/curation_summary.json. sim_rule 'none' records the similarities but filters only static
-    and silent clips."""
-    if sim_rule not in ("median", "none"):
-        raise ValueError(f"sim_rule must be 'median' or 'none', got {sim_rule!r}")
-    from array_record.python import array_record_module as arm
-
+def text_embeddings(data_dir: str | os.PathLike, embedder: Embedder, bpe_path=None) -> np.ndarray:
+    """[num_classes, E] embeddings of the class names of a prepared dataset."""
     from maestro_jax.models.tokenizer import get_tokenizer
-    from maestro_jax.video import write_png
 
-    data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir).absolute()
-    if data_dir == out_dir:
-        raise ValueError("--out must differ from --data (the input is never modified)")
-    manifest = read_jsonl(data_dir / "manifest.jsonl")
-    if not manifest:
-        raise ValueError(f"{data_dir}/manifest.jsonl is missing or empty: run data.prepare first")
-    for key in ("flow_mag", "audio_peak"):
-        if any(key not in r for r in manifest):
-            raise ValueError(f"manifest rows of {data_dir} lack {key!r}: re-run data.prepare")
-    features = load_features(data_dir)
-    tokenizer = get_tokenizer(bpe_path)
-    cfg, params = load_imagebind(imagebind)
-    scores = compute_scores(data_dir, Embedder(cfg, params, batch_size), tokenizer)
+    return embedder("text", get_tokenizer(bpe_path)(load_classes(data_dir)))
 
-    sims = {k: np.array([s[k] for s in scores]) for k in SIMS}
+
+def score_batch(
+    rows: Sequence[dict], read: RecordReader, embedder: Embedder, text_emb: np.ndarray
+) -> list[dict]:
+    """Manifest rows -> {i, clip_id, split, index, sim_av, sim_vt, sim_at} each (`i`, the row's
+    position in the manifest, is passed through)."""
+    recs = [read(r) for r in rows]
+    frames = np.stack([x["frames"][x["frames"].shape[0] // 2] for x in recs])
+    mel = np.stack([np.asarray(x["mel"], np.float32) for x in recs])
+    li = np.array([int(x["label_index"]) for x in recs])
+    va, aa = embedder("vision", frames), embedder("audio", mel)
+    ta = text_emb[li]
+    av, vt, at = (np.sum(a * b, axis=-1) for a, b in ((va, aa), (va, ta), (aa, ta)))
+    return [
+        {
+            "i": r["i"],
+            "clip_id": r["clip_id"],
+            "split": r["split"],
+            "index": r["index"],
+            "sim_av": float(av[j]),
+            "sim_vt": float(vt[j]),
+            "sim_at": float(at[j]),
+        }
+        for j, r in enumerate(rows)
+    ]
+
+
+def decide(
+    scores: Sequence[dict],
+    *,
+    data_dir: str | os.PathLike,
+    flow_threshold: float,
+    silence_eps: float,
+    sim_rule: str,
+    records_per_part: int,
+) -> dict:
+    """All clips' scores (any order) -> {'rows': one curation row per manifest row, in manifest
+    order; 'medians'; 'parts': the curated parts to write, [{split, name, entries}] with
+    `entries` the kept manifest rows (+ similarities) in manifest order}."""
+    manifest = read_jsonl(Path(data_dir) / "manifest.jsonl")
+    by_i = {s["i"]: s for s in scores}
+    if sorted(by_i) != list(range(len(manifest))):
+        raise ValueError(f"scored {len(by_i)} distinct clips of {len(manifest)}")
+    sims = {k: np.array([by_i[i][k] for i in range(len(manifest))]) for k in SIMS}
     _, medians = median_rule(sims)
     flow = np.array([r["flow_mag"] for r in manifest])
     peak = np.array([r["audio_peak"] for r in manifest])
     static = ~(flow > flow_threshold)
     silent = peak <= silence_eps
-    rows = []
+    rows, kept = [], {}
     for i, r in enumerate(manifest):
         reasons = [f"low_{k}" for k in SIMS if sim_rule == "median" and not sims[k][i] > medians[k]]
         reasons += ["static"] * bool(static[i]) + ["silent"] * bool(silent[i])
@@ -322,47 +325,66 @@ def curate(
                 "reasons": reasons,
             }
         )
+        if not reasons:
+            kept.setdefault(r["split"], []).append({**r, **{k: float(sims[k][i]) for k in SIMS}})
+    parts = []
+    n = max(1, int(records_per_part))
+    for split, entries in sorted(kept.items()):
+        for k, start in enumerate(range(0, len(entries), n)):
+            parts.append(
+                {"split": split, "name": f"curated-{k:05d}", "entries": entries[start : start + n]}
+            )
+    return {"rows": rows, "medians": medians, "parts": parts}
 
-    # Copy kept records byte for byte into parts of the curated folder.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in (out_dir / "parts").glob("*/*") if (out_dir / "parts").exists() else []:
-        old.unlink()  # a rerun replaces the previous curation
-    write_json(out_dir / "classes.json", load_classes(data_dir))
-    with open(data_dir / "prep_config.json") as f:
-        prep_cfg = json.load(f)
-    write_json(out_dir / "prep_config.json", {**prep_cfg, "curated_from": str(data_dir)})
-    readers: dict[str, Any] = {}
-    by_split: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row["kept"]:
-            by_split.setdefault(row["split"], []).append(i)
+
+def write_curated_part(data_dir: str | os.PathLike, out_dir: str | os.PathLike, part: dict) -> dict:
+    """Copy the records of `part` (from `decide`) byte for byte into one committed part of the
+    curated folder; its manifest rows lose the source's position fields. Returns {name, split,
+    records}."""
+    reader = RecordReader(data_dir)
+    w = PartWriter(out_dir, part["split"], part["name"])
     try:
-        for split, idxs in sorted(by_split.items()):
-            for start in range(0, len(idxs), records_per_part):
-                chunk = idxs[start : start + records_per_part]
-                w = PartWriter(out_dir, split, f"curated-{start // records_per_part:05d}")
-                entries = []
-                for i in chunk:
-                    m = manifest[i]
-                    part = data_dir / "parts" / m["split"] / f"{m['part']}.array_record"
-                    if part not in readers:
-                        readers[part] = arm.ArrayRecordReader(str(part))
-                    w.write(readers[part].read([m["row"]])[0])
-                    keep = {
-                        k: v for k, v in m.items() if k not in ("part", "row", "shard", "index")
-                    }
-                    entries.append({**keep, **{k: rows[i][k] for k in SIMS}})
-                w.commit(
-                    {"clips": entries, "done": [e["clip_id"] for e in entries], "split": split}
-                )
+        entries = []
+        for m in part["entries"]:
+            w.write(reader.raw(m))
+            entries.append(
+                {k: v for k, v in m.items() if k not in ("part", "row", "shard", "index")}
+            )
+        w.commit(
+            {"clips": entries, "done": [e["clip_id"] for e in entries], "split": part["split"]}
+        )
+    except BaseException:
+        w.abort()
+        raise
     finally:
-        for r in readers.values():
-            r.close()
-    counts = finalize(out_dir, features, description=f"curated from {data_dir}")
+        reader.close()
+    return {"name": part["name"], "split": part["split"], "records": len(part["entries"])}
 
-    with open(out_dir / "curation.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+def finish(
+    num_parts: int,
+    decision: dict,
+    *,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    imagebind: str,
+    flow_threshold: float,
+    silence_eps: float,
+    sim_rule: str,
+) -> dict:
+    """The commit step after every part: TFDS folder + manifest (`finalize`), curation.jsonl,
+    histogram.png and curation_summary.json (returned)."""
+    from maestro_jax.video import write_png
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    rows, medians = decision["rows"], decision["medians"]
+    if num_parts != len(decision["parts"]):
+        raise RuntimeError(f"wrote {num_parts} curated parts of {len(decision['parts'])}")
+    counts = finalize(out_dir, load_features(data_dir), description=f"curated from {data_dir}")
+    write_text(
+        out_dir / "curation.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    )
+    sims = {k: np.array([r[k] for r in rows]) for k in SIMS}
     write_png(
         out_dir / "histogram.png",
         histogram_image([sims[k] for k in SIMS], [medians[k] for k in SIMS]),
@@ -386,3 +408,75 @@ def curate(
     }
     write_json(out_dir / "curation_summary.json", summary)
     return summary
+
+
+# ==================================================================================================
+# Driver
+# ==================================================================================================
+
+
+def curate(
+    data_dir: str | os.PathLike,
+    imagebind: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    bpe_path: str | os.PathLike | None = None,
+    flow_threshold: float = 0.1,
+    silence_eps: float = 0.0,
+    batch_size: int = 16,
+    records_per_part: int = 256,
+    sim_rule: str = "median",
+    runner: str = "DirectRunner",
+    num_workers: int = 0,
+    beam_args: Sequence[str] = (),
+) -> dict:
+    """Score, filter and write the curated dataset with an Apache Beam pipeline (DirectRunner:
+    `num_workers` processes, 0 = one per core; `beam_args`: other Beam options); returns the
+    summary written to OUT/curation_summary.json. sim_rule 'none' records the similarities but
+    filters only static and silent clips. A rerun replaces the previous curation."""
+    if sim_rule not in ("median", "none"):
+        raise ValueError(f"sim_rule must be 'median' or 'none', got {sim_rule!r}")
+    from maestro_jax.data import beam_pipelines
+    from maestro_jax.data.prepare import check_local_paths
+
+    check_local_paths(data=data_dir, out=out_dir, imagebind=imagebind, bpe=bpe_path)
+    data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir).absolute()
+    if data_dir == out_dir:
+        raise ValueError("--out must differ from --data (the input is never modified)")
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    if not manifest:
+        raise ValueError(f"{data_dir}/manifest.jsonl is missing or empty: run data.prepare first")
+    for key in ("flow_mag", "audio_peak"):
+        if any(key not in r for r in manifest):
+            raise ValueError(f"manifest rows of {data_dir} lack {key!r}: re-run data.prepare")
+    load_features(data_dir)  # fails early without TFDS metadata
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in (out_dir / "parts").glob("*/*") if (out_dir / "parts").exists() else []:
+        old.unlink()  # a rerun (also after a killed run) replaces the previous curation
+    write_json(out_dir / "classes.json", load_classes(data_dir))
+    with open(data_dir / "prep_config.json") as f:
+        prep_cfg = json.load(f)
+    write_json(out_dir / "prep_config.json", {**prep_cfg, "curated_from": str(data_dir)})
+    rows = [
+        {"i": i, **{k: m[k] for k in ("clip_id", "split", "index", "part", "row")}}
+        for i, m in enumerate(manifest)
+    ]
+    common = dict(flow_threshold=flow_threshold, silence_eps=silence_eps, sim_rule=sim_rule)
+    beam_pipelines.run_curate(
+        data_dir,
+        out_dir,
+        rows,
+        imagebind=str(imagebind),
+        bpe_path=None if bpe_path is None else str(bpe_path),
+        batch_size=batch_size,
+        decide=functools.partial(
+            decide, data_dir=str(data_dir), records_per_part=records_per_part, **common
+        ),
+        commit=functools.partial(
+            finish, data_dir=str(data_dir), out_dir=str(out_dir), imagebind=str(imagebind), **common
+        ),
+        options=beam_pipelines.pipeline_options(runner, num_workers, beam_args),
+    )
+    with open(out_dir / "curation_summary.json") as f:
+        return json.load(f)

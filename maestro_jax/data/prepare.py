@@ -3,8 +3,9 @@
 mel input of its S = 5 two-second clips, and the 16 kHz audio.
 
     python -m data.prepare --input DIR --labels FILE_OR_NONE \
-        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] [--workers N] \
-        [--frames_rule default|release] [--split NAME] [--drop_audio]
+        --layout vggsound|landscape|frames_wav --out OUT [--resolution 512] \
+        [--frames_rule default|release] [--split NAME] [--drop_audio] \
+        [--runner DirectRunner] [--direct_num_workers 0] [-- OTHER BEAM OPTIONS]
 
 Layouts:
   vggsound    --labels is the VGGSound CSV (youtube_id, start_seconds, label, split; no header).
@@ -32,24 +33,31 @@ manifest also records the static-video score (mean Farneback flow magnitude at 2
 the same centre crop resized to min(256, resolution) pixels, `--flow_size`) and the audio peak,
 for `data.curate`.
 
-Parallel over work units of --files_per_part source files (spawned processes, `--workers`);
-each unit is committed atomically as one array_record part + a JSON sidecar, so a killed run
-resumes where it stopped (jobs already in a committed part are skipped). Unreadable files are
-logged to OUT/errors.jsonl and skipped, never fatal. At the end the TFDS folder
-OUT/maestro_av/1.0.0 is (re)built from the parts: hard links named as TFDS names shards, plus
-dataset_info.json and features.json written by `tfds.folder_dataset.write_metadata` (no
-TensorFlow needed).
+An Apache Beam pipeline (`beam_pipelines.run_prepare`; the `.[data]` extra): the launcher lists
+the input and splits the sources, per split in discovery order, into work units of
+--files_per_part files; workers (DirectRunner: processes on this machine; or Dataflow, Flink,
+Spark) each decode and featurize a unit and commit it atomically as one array_record part + a
+JSON sidecar named `<unit index>-<digest of its sources>`; one commit step then (re)builds the
+TFDS folder OUT/maestro_av/1.0.0 from the parts (hard links named as TFDS names shards, plus
+dataset_info.json and features.json written by `tfds.folder_dataset.write_metadata`; no
+TensorFlow needed), OUT/manifest.jsonl and OUT/errors.jsonl.
+
+Guarantees: unreadable files are skipped, never fatal (their rows: the pipeline's `errors`
+output, kept in their unit's sidecar and merged into OUT/errors.jsonl); a rerun, also after a
+killed run, skips the committed units and writes the others under the same names, so nothing is
+written twice or lost (`--retry_errors` runs units with errors again); the record order is the
+discovery order whichever worker finished first; a record has the same bytes wherever it was
+written (`serialize_record`, CPU numerics).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import time
 import traceback
@@ -74,8 +82,9 @@ from maestro_jax.data.tfds_format import (
     load_classes,
     load_parts,
     make_features,
+    serialize_record,
 )
-from maestro_jax.files import append_jsonl, write_json
+from maestro_jax.files import write_json, write_text
 
 log = logging.getLogger("maestro_jax.data.prepare")
 
@@ -443,68 +452,151 @@ def process_source(job: SourceJob, opts: PrepOptions) -> Iterable[tuple[dict, di
 
 
 @dataclasses.dataclass
-class PartTask:
-    out_dir: str
+class Unit:
+    """One work unit: up to --files_per_part consecutive jobs of one split, written as one part.
+
+    The part's name is `<index>-<digest of the jobs>`: a function of the input only, so a rerun
+    (or a runner retrying the unit) writes the same name and replaces, never duplicates; parts
+    sort by index, so the record order is the discovery order whatever ran first.
+    """
+
     split: str
-    name: str
+    index: int
     jobs: list[SourceJob]
-    opts: PrepOptions
+
+    @property
+    def name(self) -> str:
+        ident = [
+            [j.key, j.source, j.label_index, j.clips, j.audio_path is not None] for j in self.jobs
+        ]
+        digest = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:12]
+        return f"{self.index:06d}-{digest}"
 
 
-def run_part(task: PartTask) -> dict:
-    """Process the jobs of one work unit and commit its part. Returns
-    {'name', 'split', 'clips', 'done', 'errors'} (errors: [{source, key, error}])."""
-    features = features_for(task.opts)
-    writer = PartWriter(task.out_dir, task.split, task.name)
+def plan_units(
+    jobs: Sequence[SourceJob],
+    files_per_part: int,
+    committed: dict[str, list[dict]] | None = None,
+) -> list[Unit]:
+    """Split the jobs into units (per split, in discovery order, `files_per_part` each).
+
+    `committed` ({split: sidecars}, `load_parts`) may hold parts that are not units of this plan
+    (the input or --files_per_part changed since they were written): their jobs are left out of
+    the plan, so they are never written twice; this repeats until every committed part is a
+    planned unit or left out. Same input + same committed parts -> same plan.
+    """
+    n = max(1, int(files_per_part))
+    committed = committed or {}
+
+    def chunk(js: Sequence[SourceJob]) -> list[Unit]:
+        units = []
+        for s in sorted({j.split for j in js}):
+            sj = [j for j in js if j.split == s]
+            units += [Unit(s, k, sj[i : i + n]) for k, i in enumerate(range(0, len(sj), n))]
+        return units
+
+    excluded: set[str] = set()
+    while True:
+        units = chunk([j for j in jobs if j.key not in excluded])
+        planned = {(u.split, u.name) for u in units}
+        stale = {
+            k
+            for s, plist in committed.items()
+            for p in plist
+            if (s, p["name"]) not in planned
+            for k in p["done"]
+        }
+        if stale <= excluded:
+            return units
+        excluded |= stale
+
+
+def _error_row(job: SourceJob, exc: BaseException) -> dict:
+    return {
+        "source": job.source,
+        "key": job.key,
+        "error": f"{type(exc).__name__}: {exc}".strip()[:500],
+        "time": time.time(),
+    }
+
+
+def prepare_unit(unit: Unit, out_dir: str | os.PathLike, opts: PrepOptions, features=None) -> dict:
+    """Process the jobs of one unit and commit its part (also when every job failed: the part is
+    then empty and its sidecar keeps the errors). A job that raises is skipped and reported.
+
+    Returns {'name', 'split', 'clips', 'done', 'jobs', 'errors': [{source, key, error, time}]}.
+    """
+    features = features if features is not None else features_for(opts)
+    writer = PartWriter(out_dir, unit.split, unit.name)
     entries, done, errors = [], [], []
     try:
-        for job in task.jobs:
-            rows = []
+        for job in unit.jobs:
             try:
-                for rec, entry in process_source(job, task.opts):
-                    rows.append((features.serialize_example(rec), entry))
+                rows = [
+                    (serialize_record(features, rec), entry)
+                    for rec, entry in process_source(job, opts)
+                ]
             except Exception as e:  # noqa: BLE001 - a bad file is logged and skipped
-                errors.append(
-                    {
-                        "source": job.source,
-                        "key": job.key,
-                        "error": f"{type(e).__name__}: {e}".strip()[:500],
-                    }
-                )
+                errors.append(_error_row(job, e))
                 log.debug("failed %s\n%s", job.source, traceback.format_exc())
                 continue
             for data, entry in rows:
                 writer.write(data)
                 entries.append({**entry, "source": job.source, "key": job.key})
             done.append(job.key)
-        if done:
-            writer.commit(
-                {"clips": entries, "done": done, "split": task.split, "created": time.time()}
-            )
-        else:
-            writer.abort()
+        writer.commit(
+            {
+                "clips": entries,
+                "done": done,
+                "errors": errors,
+                "split": unit.split,
+                "unit": unit.index,
+                "created": time.time(),
+            }
+        )
     except BaseException:
         writer.abort()
         raise
     return {
-        "name": task.name,
-        "split": task.split,
+        "name": unit.name,
+        "split": unit.split,
         "clips": len(entries),
         "done": len(done),
-        "jobs": len(task.jobs),
+        "jobs": len(unit.jobs),
         "errors": errors,
     }
 
 
-def _worker_init() -> None:
-    # Workers only need host CPU; keep XLA from grabbing an accelerator or many threads each.
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    logging.basicConfig(level=logging.WARNING)
+def finish(out_dir: str | os.PathLike, opts: PrepOptions, problems: Sequence[dict] = ()) -> dict:
+    """The single commit step after every unit: (re)build the TFDS folder and manifest from the
+    committed parts (`finalize`) and OUT/errors.jsonl from `problems` (found while listing the
+    input) + the errors kept in the parts' sidecars, in part order. Returns {split: records}."""
+    out_dir = Path(out_dir)
+    counts = finalize(out_dir, features_for(opts))
+    rows = [dict(p) for p in problems]
+    for split, plist in sorted(load_parts(out_dir, cleanup=False).items()):
+        for p in plist:
+            rows += [{**e, "split": split, "part": p["name"]} for e in p.get("errors", [])]
+    write_text(
+        out_dir / "errors.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    )
+    return counts
 
 
 # ==================================================================================================
 # Driver
 # ==================================================================================================
+
+
+def check_local_paths(**paths) -> None:
+    """Every path must be a folder or file that the launcher and every Beam worker see at the
+    same place (a local folder, NFS, Filestore, a mounted bucket): URLs are refused."""
+    for name, path in paths.items():
+        if path is not None and "://" in str(path):
+            raise ValueError(
+                f"--{name} {path}: give a path that every worker sees (NFS, Filestore, a mounted "
+                "bucket); URLs such as gs:// are not read or written directly"
+            )
 
 
 def _check_config(out_dir: Path, opts: PrepOptions, classes: list[str], layout: str) -> None:
@@ -537,64 +629,65 @@ def prepare(
     labels: str | os.PathLike | None = None,
     opts: PrepOptions | None = None,
     *,
-    workers: int = 1,
     files_per_part: int = 32,
     split: str | None = None,
-    progress: bool = True,
+    retry_errors: bool = False,
+    runner: str = "DirectRunner",
+    num_workers: int = 0,
+    beam_args: Sequence[str] = (),
 ) -> dict:
-    """Prepare (or resume preparing) a dataset; see the module docstring. Returns a summary:
-    {'jobs', 'skipped', 'processed', 'clips_written', 'errors', 'splits': {split: records}}."""
+    """Prepare (or resume preparing) a dataset with an Apache Beam pipeline; see the module
+    docstring. Lists the input here, runs the units not yet committed on `runner` (DirectRunner:
+    `num_workers` processes, 0 = one per core; `beam_args`: other Beam pipeline options), then
+    the commit step. `retry_errors` runs committed units that had errors again.
+
+    Returns {'jobs', 'skipped', 'processed', 'clips_written', 'errors', 'units', 'splits':
+    {split: records}}; 'errors' are this run's (listing problems + failed jobs)."""
+    from maestro_jax.data import beam_pipelines
+
     opts = opts or PrepOptions()
     opts.validate()
+    check_local_paths(input=input_dir, labels=labels, out=out_dir)
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs, classes, problems = discover(input_dir, layout, labels, split)
     _check_config(out_dir, opts, classes, layout)
-    done = {k for plist in load_parts(out_dir).values() for p in plist for k in p["done"]}
-    todo = [j for j in jobs if j.key not in done]
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-    tasks: list[PartTask] = []
-    for s in sorted({j.split for j in todo}):
-        sj = [j for j in todo if j.split == s]
-        for i in range(0, len(sj), max(1, files_per_part)):
-            name = f"{stamp}-{len(tasks):05d}"
-            tasks.append(PartTask(str(out_dir), s, name, sj[i : i + files_per_part], opts))
-    errors = list(problems)
-    append_jsonl(out_dir / "errors.jsonl", [{**p, "time": time.time()} for p in problems])
-    clips_written = 0
-    from tqdm import tqdm
+    committed = load_parts(out_dir)  # also removes leftovers of killed writes
+    units = plan_units(jobs, files_per_part, committed)
+    sidecars = {(s, p["name"]): p for s, plist in committed.items() for p in plist}
 
-    bar = tqdm(total=len(todo), unit="file", desc="prepare", disable=not progress or None)
+    def done(u: Unit) -> bool:
+        side = sidecars.get((u.split, u.name))
+        return side is not None and not (retry_errors and side.get("errors"))
 
-    def collect(res: dict) -> None:
-        nonlocal clips_written
-        clips_written += res["clips"]
-        errors.extend(res["errors"])
-        for e in res["errors"]:
-            log.warning("skipped %s: %s", e["source"], e["error"])
-        append_jsonl(out_dir / "errors.jsonl", [{**e, "time": time.time()} for e in res["errors"]])
-        bar.update(res["jobs"])
-
-    try:
-        if workers <= 1:
-            for t in tasks:
-                collect(run_part(t))
-        else:
-            ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-            with concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_worker_init
-            ) as pool:
-                futures = [pool.submit(run_part, t) for t in tasks]
-                for fut in concurrent.futures.as_completed(futures):
-                    collect(fut.result())
-    finally:
-        bar.close()
-    counts = finalize(out_dir, features_for(opts))
+    todo = [u for u in units if not done(u)]
+    now = time.time()
+    problems = [{**p, "time": now} for p in problems]
+    beam_pipelines.run_prepare(
+        todo,
+        out_dir,
+        opts,
+        problems,
+        beam_pipelines.pipeline_options(runner, num_workers, beam_args),
+    )
+    after = {
+        (s, p["name"]): p for s, plist in load_parts(out_dir, cleanup=False).items() for p in plist
+    }
+    ran = [after[(u.split, u.name)] for u in todo if (u.split, u.name) in after]
+    errors = problems + [e for p in ran for e in p.get("errors", [])]
+    for e in errors:
+        log.warning("skipped %s: %s", e["source"], e["error"])
+    counts: dict[str, int] = {}
+    for (s, _), p in sorted(after.items()):
+        if p["num_records"]:
+            counts[s] = counts.get(s, 0) + p["num_records"]
+    n_todo = sum(len(u.jobs) for u in todo)
     return {
         "jobs": len(jobs),
-        "skipped": len(jobs) - len(todo),
-        "processed": len(todo),
-        "clips_written": clips_written,
+        "skipped": len(jobs) - n_todo,
+        "processed": n_todo,
+        "clips_written": sum(p["num_records"] for p in ran),
         "errors": errors,
+        "units": len(todo),
         "splits": counts,
     }

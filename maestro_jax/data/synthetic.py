@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maestro_jax.data.prepare import PrepOptions, features_for, make_clip_record
-from maestro_jax.data.tfds_format import SAMPLE_RATE, PartWriter, finalize
+from maestro_jax.data.tfds_format import SAMPLE_RATE, PartWriter, finalize, serialize_record
 from maestro_jax.files import write_json
 
 CLASS_NAMES = (
@@ -184,7 +184,7 @@ def write_clip_dataset(
                 clip_id, labels[c], c, frames, num_frames, fps, audio, opts
             )
             w, entries = writers[split]
-            w.write(features.serialize_example(rec))
+            w.write(serialize_record(features, rec))
             entries.append({**entry, "source": source, "key": clip_id, "start": 0.0})
         for split, (w, entries) in writers.items():
             w.commit({"clips": entries, "done": [e["key"] for e in entries], "split": split})

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,17 @@ def make_features(
     return tfds.features.FeaturesDict(feats)
 
 
+def serialize_record(features, record: dict) -> bytes:
+    """`features.serialize_example(record)` with the tf.train.Example's feature map in key order.
+
+    Protobuf writes a map in an order that differs between processes, so the plain call gives
+    the same record different bytes in different workers; this one gives the same bytes wherever
+    it runs (what makes reruns and runners interchangeable), and readers parse both alike.
+    """
+    example = features._example_serializer.get_tf_example(features.encode_example(record))
+    return example.SerializeToString(deterministic=True)
+
+
 class PartWriter:
     """Writes one work unit: OUT/parts/<split>/<name>.array_record + <name>.json, atomically.
 
@@ -84,7 +96,8 @@ class PartWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.path = self.dir / f"{name}.array_record"
-        self.tmp = self.dir / f".{name}.array_record.tmp"
+        # A temp name of its own per attempt: a runner may run the same unit twice at once.
+        self.tmp = self.dir / f".{name}.{uuid.uuid4().hex[:12]}.array_record.tmp"
         # group_size:1 = one record per chunk: cheap random access, what TFDS writes.
         self._writer = arm.ArrayRecordWriter(str(self.tmp), "group_size:1")
         self.count = 0
