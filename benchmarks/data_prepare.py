@@ -44,12 +44,14 @@ def _worker_init() -> None:
 
 def run_pool(src: Path, out: Path, opts, files_per_part: int, workers: int) -> None:
     """The pre-Beam way: plan, run the units in spawned processes, then the commit step."""
+    from maestro_jax.data import beam_pipelines as BP
     from maestro_jax.data import prepare as P
+    from maestro_jax.data import sources
     from maestro_jax.data.tfds_format import load_parts
 
     out.mkdir(parents=True, exist_ok=True)
-    jobs, classes, problems = P.discover(src, "landscape")
-    P._check_config(out, opts, classes, "landscape")
+    jobs, classes, problems = sources.discover(src, "landscape")
+    BP._check_config(out, opts, classes, "landscape")
     units = P.plan_units(jobs, files_per_part, load_parts(out))
     if workers <= 1:
         for u in units:
@@ -65,9 +67,11 @@ def run_pool(src: Path, out: Path, opts, files_per_part: int, workers: int) -> N
 
 
 def run_beam(src: Path, out: Path, opts, files_per_part: int, workers: int) -> None:
-    from maestro_jax.data import prepare as P
+    from maestro_jax.data import beam_pipelines as BP
 
-    P.prepare(src, out, "landscape", None, opts, files_per_part=files_per_part, num_workers=workers)
+    BP.prepare(
+        src, out, "landscape", None, opts, files_per_part=files_per_part, num_workers=workers
+    )
 
 
 def read_output(out: Path) -> tuple[list[dict], list[bytes]]:

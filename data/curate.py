@@ -17,7 +17,7 @@ from pathlib import Path
 from absl import flags
 
 from maestro_jax import cli
-from maestro_jax.data.curate import curate
+from maestro_jax.data.beam_pipelines import curate
 
 _DATA = flags.DEFINE_string("data", None, "a data.prepare output folder", required=True)
 _IMAGEBIND = flags.DEFINE_string(

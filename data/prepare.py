@@ -19,8 +19,10 @@ from pathlib import Path
 from absl import flags
 
 from maestro_jax import cli
+from maestro_jax.data.beam_pipelines import prepare
 from maestro_jax.data.frames import FRAME_RULES
-from maestro_jax.data.prepare import CLIP_SECONDS, LAYOUTS, PrepOptions, prepare
+from maestro_jax.data.prepare import CLIP_SECONDS, PrepOptions
+from maestro_jax.data.sources import LAYOUTS
 
 _INPUT = flags.DEFINE_string("input", None, "source folder", required=True)
 _LABELS = flags.DEFINE_string(

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from maestro_jax import files
+from maestro_jax.data import beam_pipelines as BP
 from maestro_jax.data import frames as F
 from maestro_jax.data import prepare as P
+from maestro_jax.data import sources
 from maestro_jax.data import tfds_format as TF
 from maestro_jax.data.synthetic import make_synthetic_videos, render_frames
 from tests.conftest import REPO
@@ -56,7 +58,7 @@ def prepared(tmp_path_factory):
     files_ = make_synthetic_videos(vids, 5, static_ids=(1,), silent_ids=(2,), long_ids=(3,))
     out = root / "out"
     opts = P.PrepOptions(resolution=RES)
-    summary = P.prepare(vids, out, "landscape", opts=opts, files_per_part=2, num_workers=WORKERS)
+    summary = BP.prepare(vids, out, "landscape", opts=opts, files_per_part=2, num_workers=WORKERS)
     return {"root": root, "videos": vids, "out": out, "files": files_, "summary": summary}
 
 
@@ -144,13 +146,13 @@ def test_prepare_rerun_is_idempotent(prepared, tmp_path):
     run = dict(opts=opts, files_per_part=2, num_workers=WORKERS)
 
     # Every unit is committed: nothing runs; the corrupt file's error row stays, once.
-    s = P.prepare(vids, out, "landscape", **run)
+    s = BP.prepare(vids, out, "landscape", **run)
     assert s["units"] == 0 and s["skipped"] == 6 and s["clips_written"] == 0 and not s["errors"]
     assert _output(out) == (manifest, recs)
     assert files.read_jsonl(out / "errors.jsonl") == errors
 
     # retry_errors runs the unit with the corrupt file again: same records, one error row.
-    s = P.prepare(vids, out, "landscape", retry_errors=True, **run)
+    s = BP.prepare(vids, out, "landscape", retry_errors=True, **run)
     assert s["units"] == 1 and s["processed"] == 2 and s["clips_written"] == 2
     assert [e["source"] for e in s["errors"]] == ["rain_falling/vid_005.mp4"]
     assert _output(out) == (manifest, recs)
@@ -162,24 +164,24 @@ def test_prepare_rerun_is_idempotent(prepared, tmp_path):
     lost = json.loads(sidecar.read_text())["done"]
     sidecar.unlink()
     (part_dir / ".junk.0123.array_record.tmp").write_bytes(b"x")
-    s = P.prepare(vids, out, "landscape", **run)
+    s = BP.prepare(vids, out, "landscape", **run)
     assert s["units"] == 1 and s["processed"] == len(lost) and s["clips_written"] == len(lost)
     assert not list(part_dir.glob(".*.tmp"))
     assert _output(out) == (manifest, recs)  # same names, same order, same bytes
 
     # Other units (--files_per_part changed): committed clips are not written twice.
-    s = P.prepare(vids, out, "landscape", opts=opts, files_per_part=3, beam_args=IN_PROCESS)
+    s = BP.prepare(vids, out, "landscape", opts=opts, files_per_part=3, beam_args=IN_PROCESS)
     assert s["processed"] == 1 and s["clips_written"] == 0  # the corrupt file, again
     m2, r2 = _output(out)
     assert sorted(m["clip_id"] for m in m2) == sorted(m["clip_id"] for m in manifest)
     assert sorted(r2) == sorted(recs)
 
     with pytest.raises(ValueError, match="every worker sees"):
-        P.prepare(vids, "gs://bucket/out", "landscape", opts=opts)
+        BP.prepare(vids, "gs://bucket/out", "landscape", opts=opts)
 
     # Other record options cannot resume into the same folder.
     with pytest.raises(ValueError, match="other options"):
-        P.prepare(vids, out, "landscape", opts=P.PrepOptions(resolution=48), beam_args=IN_PROCESS)
+        BP.prepare(vids, out, "landscape", opts=P.PrepOptions(resolution=48), beam_args=IN_PROCESS)
 
 
 # ==================================================================================================
@@ -216,7 +218,7 @@ def mixed(tmp_path_factory, audio_dir):
         write_video(src / "real_audio" / f"{name}.mp4", frames, 8.0, wave, sr)
     out = root / "out"
     opts = P.PrepOptions(resolution=RES)
-    s = P.prepare(src, out, "landscape", opts=opts, files_per_part=1, num_workers=WORKERS)
+    s = BP.prepare(src, out, "landscape", opts=opts, files_per_part=1, num_workers=WORKERS)
     return {"src": src, "out": out, "opts": opts, "summary": s}
 
 
@@ -226,7 +228,7 @@ def test_beam_records_equal_in_process_records(mixed):
     s, opts = mixed["summary"], mixed["opts"]
     assert s["units"] == 6 and [e["source"] for e in s["errors"]] == ["dog_barking/vid_002.mp4"]
     manifest, recs = _output(mixed["out"])
-    jobs, _, _ = P.discover(mixed["src"], "landscape")
+    jobs, _, _ = sources.discover(mixed["src"], "landscape")
     features = P.features_for(opts)
     want_rows, want_recs = [], []
     for job in jobs:
@@ -331,12 +333,12 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path, audio_dir):
     )
     csv = src / "vggsound.csv"
     csv.write_text(csv.read_text() + "fullvid,3,rain falling,test\nmissing01,0,dog barking,train\n")
-    jobs, classes, problems = P.discover(src, "vggsound", csv)
+    jobs, classes, problems = sources.discover(src, "vggsound", csv)
     assert classes == ["dog barking", "rain falling"]
     assert [p["source"] for p in problems] == ["missing01_000000"]
     assert {j.key: j.clips[0][1] for j in jobs}["fullvid_000003"] == 3.0
     out = tmp_path / "vgg_out"
-    s = P.prepare(src, out, "vggsound", csv, P.PrepOptions(resolution=16), beam_args=IN_PROCESS)
+    s = BP.prepare(src, out, "vggsound", csv, P.PrepOptions(resolution=16), beam_args=IN_PROCESS)
     assert s["splits"] == {"test": 1, "train": 2}
     assert {e["source"] for e in s["errors"]} == {
         "missing01_000000",
@@ -362,7 +364,7 @@ def test_prepare_vggsound_and_frames_wav_layouts(tmp_path, audio_dir):
             shutil.copy(wav, clip / f"{name}.wav")
     out = tmp_path / "fw_out"
     opts = P.PrepOptions(resolution=16, frames_rule="release", keep_audio=False)
-    s = P.prepare(fw, out, "frames_wav", None, opts, beam_args=IN_PROCESS)
+    s = BP.prepare(fw, out, "frames_wav", None, opts, beam_args=IN_PROCESS)
     assert s["splits"] == {"train": 2} and not s["errors"]
     a, b = files.read_jsonl(out / "manifest.jsonl")
     assert a["label"] == "horse neighing" and a["num_frames"] == 40 and a["fps"] == 8.0
@@ -380,7 +382,7 @@ def test_prepare_without_units_left_still_commits(tmp_path):
     src.mkdir(parents=True)
     (src / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
-    s = P.prepare(src.parent, out, "landscape", beam_args=IN_PROCESS)
+    s = BP.prepare(src.parent, out, "landscape", beam_args=IN_PROCESS)
     assert s["splits"] == {} and s["units"] == 1 and len(s["errors"]) == 1
     assert [e["source"] for e in files.read_jsonl(out / "errors.jsonl")] == [
         "some_class/broken.mp4"
@@ -395,7 +397,7 @@ def test_prepare_without_units_left_still_commits(tmp_path):
 
 @pytest.fixture(scope="module")
 def curated(prepared, fixtures_dir):
-    from maestro_jax.data.curate import curate
+    from maestro_jax.data.beam_pipelines import curate
 
     cur = prepared["root"] / "curated"
     summary = curate(
@@ -450,7 +452,7 @@ def test_curate_median_rule_and_filters(prepared, curated, fixtures_dir):
 
 
 def test_curate_copies_kept_records(prepared, fixtures_dir):
-    from maestro_jax.data.curate import curate
+    from maestro_jax.data.beam_pipelines import curate
     from maestro_jax.data.pipeline import data_source
 
     # sim_rule='none' keeps everything but the static and the silent clip.

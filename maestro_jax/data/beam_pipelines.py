@@ -20,8 +20,12 @@ folders with DirectRunner, a shared file system on a cluster.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +35,12 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
         "data.prepare and data.curate run on Apache Beam: pip install -e '.[data]'"
     ) from e
+
+from maestro_jax.data import curate as curate_lib
+from maestro_jax.data.prepare import FORMAT_FIELDS, PrepOptions, Unit, finish, plan_units
+from maestro_jax.data.sources import discover
+from maestro_jax.data.tfds_format import load_classes, load_features, load_parts
+from maestro_jax.files import read_jsonl, write_json
 
 log = logging.getLogger("maestro_jax.data.beam")
 
@@ -82,7 +92,6 @@ class PrepareUnitFn(beam.DoFn):
 
 
 def _commit_prepare(num_units: int, out_dir: str, opts, problems: list[dict], errors: list[dict]):
-    from maestro_jax.data.prepare import finish
 
     for e in errors:
         log.warning("skipped %s: %s", e["source"], e["error"])
@@ -189,3 +198,181 @@ def run_curate(
             | "CountParts" >> beam.combiners.Count.Globally()
             | "Commit" >> beam.Map(commit, beam.pvalue.AsSingleton(decision))
         )
+
+
+# ==================================================================================================
+# Driver
+# ==================================================================================================
+
+
+def check_local_paths(**paths) -> None:
+    """Every path must be a folder or file that the launcher and every Beam worker see at the
+    same place (a local folder, NFS, Filestore, a mounted bucket): URLs are refused."""
+    for name, path in paths.items():
+        if path is not None and "://" in str(path):
+            raise ValueError(
+                f"--{name} {path}: give a path that every worker sees (NFS, Filestore, a mounted "
+                "bucket); URLs such as gs:// are not read or written directly"
+            )
+
+
+def _check_config(out_dir: Path, opts: PrepOptions, classes: list[str], layout: str) -> None:
+    cfg_path, cls_path = out_dir / "prep_config.json", out_dir / "classes.json"
+    cfg = {**dataclasses.asdict(opts), "layout": layout, "num_frames": opts.num_frames}
+    if cfg_path.exists():
+        with open(cfg_path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), cfg[k]) for k in FORMAT_FIELDS if old.get(k) != cfg[k]}
+        if diff:
+            raise ValueError(
+                f"{out_dir} was prepared with other options {diff} (old, new): use the same "
+                "options to resume, or a new --out folder"
+            )
+    if cls_path.exists():
+        old_classes = load_classes(out_dir)
+        if old_classes != classes:
+            raise ValueError(
+                f"{out_dir} was prepared with another class list ({len(old_classes)} classes vs "
+                f"{len(classes)} now): label indices would not match. Use the same --labels."
+            )
+    write_json(cfg_path, cfg)
+    write_json(cls_path, classes)
+
+
+def prepare(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    layout: str,
+    labels: str | os.PathLike | None = None,
+    opts: PrepOptions | None = None,
+    *,
+    files_per_part: int = 32,
+    split: str | None = None,
+    retry_errors: bool = False,
+    runner: str = "DirectRunner",
+    num_workers: int = 0,
+    beam_args: Sequence[str] = (),
+) -> dict:
+    """Prepare (or resume preparing) a dataset with an Apache Beam pipeline; see the module
+    docstring. Lists the input here, runs the units not yet committed on `runner` (DirectRunner:
+    `num_workers` processes, 0 = one per core; `beam_args`: other Beam pipeline options), then
+    the commit step. `retry_errors` runs committed units that had errors again.
+
+    Returns {'jobs', 'skipped', 'processed', 'clips_written', 'errors', 'units', 'splits':
+    {split: records}}; 'errors' are this run's (listing problems + failed jobs)."""
+
+    opts = opts or PrepOptions()
+    opts.validate()
+    check_local_paths(input=input_dir, labels=labels, out=out_dir)
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs, classes, problems = discover(input_dir, layout, labels, split)
+    _check_config(out_dir, opts, classes, layout)
+    committed = load_parts(out_dir)  # also removes leftovers of killed writes
+    units = plan_units(jobs, files_per_part, committed)
+    sidecars = {(s, p["name"]): p for s, plist in committed.items() for p in plist}
+
+    def done(u: Unit) -> bool:
+        side = sidecars.get((u.split, u.name))
+        return side is not None and not (retry_errors and side.get("errors"))
+
+    todo = [u for u in units if not done(u)]
+    now = time.time()
+    problems = [{**p, "time": now} for p in problems]
+    run_prepare(
+        todo,
+        out_dir,
+        opts,
+        problems,
+        pipeline_options(runner, num_workers, beam_args),
+    )
+    after = {
+        (s, p["name"]): p for s, plist in load_parts(out_dir, cleanup=False).items() for p in plist
+    }
+    ran = [after[(u.split, u.name)] for u in todo if (u.split, u.name) in after]
+    errors = problems + [e for p in ran for e in p.get("errors", [])]
+    for e in errors:
+        log.warning("skipped %s: %s", e["source"], e["error"])
+    counts: dict[str, int] = {}
+    for (s, _), p in sorted(after.items()):
+        if p["num_records"]:
+            counts[s] = counts.get(s, 0) + p["num_records"]
+    n_todo = sum(len(u.jobs) for u in todo)
+    return {
+        "jobs": len(jobs),
+        "skipped": len(jobs) - n_todo,
+        "processed": n_todo,
+        "clips_written": sum(p["num_records"] for p in ran),
+        "errors": errors,
+        "units": len(todo),
+        "splits": counts,
+    }
+
+
+def curate(
+    data_dir: str | os.PathLike,
+    imagebind: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    bpe_path: str | os.PathLike | None = None,
+    flow_threshold: float = 0.1,
+    silence_eps: float = 0.0,
+    batch_size: int = 16,
+    records_per_part: int = 256,
+    sim_rule: str = "median",
+    runner: str = "DirectRunner",
+    num_workers: int = 0,
+    beam_args: Sequence[str] = (),
+) -> dict:
+    """Score, filter and write the curated dataset with an Apache Beam pipeline (DirectRunner:
+    `num_workers` processes, 0 = one per core; `beam_args`: other Beam options); returns the
+    summary written to OUT/curation_summary.json. sim_rule 'none' records the similarities but
+    filters only static and silent clips. A rerun replaces the previous curation."""
+    if sim_rule not in ("median", "none"):
+        raise ValueError(f"sim_rule must be 'median' or 'none', got {sim_rule!r}")
+
+    check_local_paths(data=data_dir, out=out_dir, imagebind=imagebind, bpe=bpe_path)
+    data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir).absolute()
+    if data_dir == out_dir:
+        raise ValueError("--out must differ from --data (the input is never modified)")
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    if not manifest:
+        raise ValueError(f"{data_dir}/manifest.jsonl is missing or empty: run data.prepare first")
+    for key in ("flow_mag", "audio_peak"):
+        if any(key not in r for r in manifest):
+            raise ValueError(f"manifest rows of {data_dir} lack {key!r}: re-run data.prepare")
+    load_features(data_dir)  # fails early without TFDS metadata
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in (out_dir / "parts").glob("*/*") if (out_dir / "parts").exists() else []:
+        old.unlink()  # a rerun (also after a killed run) replaces the previous curation
+    write_json(out_dir / "classes.json", load_classes(data_dir))
+    with open(data_dir / "prep_config.json") as f:
+        prep_cfg = json.load(f)
+    write_json(out_dir / "prep_config.json", {**prep_cfg, "curated_from": str(data_dir)})
+    rows = [
+        {"i": i, **{k: m[k] for k in ("clip_id", "split", "index", "part", "row")}}
+        for i, m in enumerate(manifest)
+    ]
+    common = dict(flow_threshold=flow_threshold, silence_eps=silence_eps, sim_rule=sim_rule)
+    run_curate(
+        data_dir,
+        out_dir,
+        rows,
+        imagebind=str(imagebind),
+        bpe_path=None if bpe_path is None else str(bpe_path),
+        batch_size=batch_size,
+        decide=functools.partial(
+            curate_lib.decide, data_dir=str(data_dir), records_per_part=records_per_part, **common
+        ),
+        commit=functools.partial(
+            curate_lib.finish,
+            data_dir=str(data_dir),
+            out_dir=str(out_dir),
+            imagebind=str(imagebind),
+            **common,
+        ),
+        options=pipeline_options(runner, num_workers, beam_args),
+    )
+    with open(out_dir / "curation_summary.json") as f:
+        return json.load(f)
