@@ -75,12 +75,13 @@ def test_resume_is_deterministic_per_step(trained):
 
 def test_export_loads_and_separates_by_label(trained):
     from maestro_jax.audio import separation
+    from maestro_jax.toy import batches as toy_batches
     from maestro_jax.toy import world as toyworld
 
     sep = st.load_separator(trained["workdir"] / "export")
     assert sep.tokenizer is None and sep.config.sample_rate == toyworld.SR
     assert tuple(sep.config.separator.channels) == tuple(trained["config"].separator.channels)
-    job = toyworld.demo_job(0, 2)
+    job = toy_batches.demo_job(0, 2)
     mix = np.asarray(job["mixture"], np.float32).reshape(-1)[: toyworld.SR]  # 1 s, mono
     labels = list(job["labels"])
     out = separation.separate_mixture(sep, mix, labels)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maestro_jax.metrics import placement as colour_pl
 from maestro_jax.toy import config as toy_cfg
 from maestro_jax.toy import evaluate as te
 from maestro_jax.toy import world as tw
@@ -95,7 +96,7 @@ def test_evaluate_placement(result):
         assert r["accuracy"] == pytest.approx(np.mean(per_job))
         assert r["by_sources"] == {"2": pytest.approx(r["accuracy"])}
         # outcomes partition the (box, frame) pairs; 'correct' is the accuracy
-        assert list(r["outcomes"]) == list(tw.OUTCOMES)
+        assert list(r["outcomes"]) == list(colour_pl.COLOUR_OUTCOMES)
         assert sum(r["outcomes"].values()) == pytest.approx(1.0)
         assert r["outcomes"]["correct"] == pytest.approx(r["accuracy"])
         # per class: the mean over the boxes holding it, weighted back to the accuracy
@@ -114,10 +115,10 @@ def test_evaluate_placement(result):
     assert fr["maestro"].shape == (tw.NUM_FRAMES, tw.RES, tw.RES, 3)
     assert fr["maestro"].dtype == np.uint8
     assert not np.array_equal(fr["mosaic"], fr["maestro"])
-    # the scores are toyworld.placement of exactly those frames
+    # the scores are colour_pl.colour_placement of exactly those frames
     j0 = jobs[0]
     for m in MODES:
-        acc = tw.placement(fr[m], j0.boxes, j0.classes).mean()
+        acc = colour_pl.colour_placement(fr[m], j0.boxes, j0.classes, tw.OBJECT_COLORS).mean()
         assert res["jobs"][0]["accuracy"][m] == pytest.approx(acc)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from maestro_jax.metrics import placement as colour_pl
+from maestro_jax.toy import batches as toy_batches
 from maestro_jax.toy import world as tw
+
+C = tw.OBJECT_COLORS  # the classes' colours, for colour placement
 
 
 def _rng(seed=0):
@@ -52,40 +56,44 @@ def test_determinism():
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[2], b[2])
     np.testing.assert_array_equal(tw.render(a[0]), tw.render(b[0]))
-    v1, c1 = tw.video_batch(_rng(1), 4)
-    v2, c2 = tw.video_batch(_rng(1), 4)
-    v3, _ = tw.video_batch(_rng(2), 4)
+    v1, c1 = toy_batches.video_batch(_rng(1), 4)
+    v2, c2 = toy_batches.video_batch(_rng(1), 4)
+    v3, _ = toy_batches.video_batch(_rng(2), 4)
     np.testing.assert_array_equal(v1, v2)
     assert c1 == c2 and not np.array_equal(v1, v3)
-    m1 = tw.separation_batch(_rng(4), 2)
-    m2 = tw.separation_batch(_rng(4), 2)
+    m1 = toy_batches.separation_batch(_rng(4), 2)
+    m2 = toy_batches.separation_batch(_rng(4), 2)
     np.testing.assert_array_equal(m1[0], m2[0])
     assert m1[2] == m2[2]
 
 
 def test_batches_shapes_and_distribution():
     rng = _rng(0)
-    img, caps = tw.image_batch(rng, 300, res=16)
+    img, caps = toy_batches.image_batch(rng, 300, res=16)
     assert img.shape == (300, 16, 16, 3) and img.dtype == np.uint8 and len(caps) == 300
     n_obj = np.array(
         [0 if not c or c in ("night", "sand", "room") else c.count(" and ") + 1 for c in caps]
     )
     assert 0.08 < np.mean(n_obj == 0) < 0.25 and 0.25 < np.mean(n_obj == 2) < 0.45
-    vid, caps = tw.video_batch(rng, 5, num_frames=6, res=24, max_objects=3, p_empty_caption=1.0)
+    vid, caps = toy_batches.video_batch(
+        rng, 5, num_frames=6, res=24, max_objects=3, p_empty_caption=1.0
+    )
     assert vid.shape == (5, 6, 24, 24, 3) and vid.dtype == np.uint8 and caps == [""] * 5
-    mix, tgt, q = tw.separation_batch(rng, 3, seconds=1.0)
+    mix, tgt, q = toy_batches.separation_batch(rng, 3, seconds=1.0)
     assert mix.shape == tgt.shape == (3, 16000) and mix.dtype == tgt.dtype == np.float32
     assert all(x in tw.labels() for x in q)
     with pytest.raises(ValueError, match="max_objects"):
-        tw.image_batch(rng, 2, max_objects=5)
+        toy_batches.image_batch(rng, 2, max_objects=5)
     with pytest.raises(ValueError, match="max_sources"):
-        tw.separation_batch(rng, 2, max_sources=1)
+        toy_batches.separation_batch(rng, 2, max_sources=1)
 
 
 def test_object_counts_and_separated_scenes():
     rng = _rng(3)
     counts = (0.0, 0.0, 0.5, 0.5)  # two or three objects, never zero or one
-    cls, centers, sizes, *_ = tw._batch_scenes(rng, 200, 2, 8, counts=counts, separate=True)
+    cls, centers, sizes, *_ = toy_batches._batch_scenes(
+        rng, 200, 2, 8, counts=counts, separate=True
+    )
     k = (cls >= 0).sum(1)
     assert set(k.tolist()) == {2, 3} and 0.35 < np.mean(k == 3) < 0.65
     assert cls.shape[1] == 3  # counts sets the most objects, max_objects is ignored
@@ -99,22 +107,22 @@ def test_object_counts_and_separated_scenes():
     assert np.mean(np.array(gaps) >= 0) > 0.97
     assert np.all((centers >= 0.15) & (centers <= 0.85))
     # the captions list every object; the frames show every one of them (none hidden)
-    vid, caps = tw.video_batch(_rng(4), 12, counts=counts, separate=True)
+    vid, caps = toy_batches.video_batch(_rng(4), 12, counts=counts, separate=True)
     assert all(c.count(" and ") in (1, 2) for c in caps)
     # the default draw is unchanged by the new options' existence
-    a = tw.video_batch(_rng(5), 3)
-    b = tw.video_batch(_rng(5), 3, counts=None, separate=False)
+    a = toy_batches.video_batch(_rng(5), 3)
+    b = toy_batches.video_batch(_rng(5), 3, counts=None, separate=False)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[1] == b[1]
     for bad in ((1.0,), (0.5, -0.1, 0.6), (0.0, 0.0), (0.2,) * 6):
         with pytest.raises(ValueError, match="object counts"):
-            tw.video_batch(_rng(6), 2, counts=bad)
+            toy_batches.video_batch(_rng(6), 2, counts=bad)
 
 
 def test_separation_target_is_a_stem_of_the_mixture():
     for seed in range(3):
-        mix, tgt, q = tw.separation_batch(_rng(seed), 1, max_sources=4)
-        m2, t2, q2, stems, amb = tw._separation_example(_rng(seed), tw.SECONDS, tw.SR, 4)
+        mix, tgt, q = toy_batches.separation_batch(_rng(seed), 1, max_sources=4)
+        m2, t2, q2, stems, amb = toy_batches._separation_example(_rng(seed), tw.SECONDS, tw.SR, 4)
         np.testing.assert_array_equal(mix[0], m2)
         np.testing.assert_array_equal(tgt[0], t2)
         assert q[0] == q2
@@ -153,45 +161,50 @@ def test_backgrounds_never_near_object_colors():
 
 
 def test_placement_true_in_box_false_when_swapped_or_empty():
-    boxes = np.array(tw._DEMO_BOXES[2], np.float32)
+    boxes = np.array(toy_batches._DEMO_BOXES[2], np.float32)
     for seed in range(4):
         scene, _, _ = tw.sample_scene(_rng(seed), 2, boxes)
         frames = tw.render(scene)
-        ok = tw.placement(frames, boxes, scene.objects)
+        ok = colour_pl.colour_placement(frames, boxes, scene.objects, C)
         assert ok.shape == (2, 8) and ok.dtype == bool
         loud = scene.envs >= 0.3
         assert ok[loud].all() and ok.mean() > 0.8
-        swapped = tw.placement(frames, boxes, scene.objects[::-1])
+        swapped = colour_pl.colour_placement(frames, boxes, scene.objects[::-1], C)
         assert not swapped.any()
         empty = dataclasses_replace_empty(scene)
-        assert not tw.placement(tw.render(empty), boxes, scene.objects).any()
+        assert not colour_pl.colour_placement(tw.render(empty), boxes, scene.objects, C).any()
     with pytest.raises(ValueError, match="boxes"):
-        tw.placement(frames, boxes[:1], scene.objects)
+        colour_pl.colour_placement(frames, boxes[:1], scene.objects, C)
 
 
 def test_placement_outcomes_name_each_failure():
     import dataclasses
 
-    boxes = np.array(tw._DEMO_BOXES[2], np.float32)  # left / right halves
+    boxes = np.array(toy_batches._DEMO_BOXES[2], np.float32)  # left / right halves
     scene, _, _ = tw.sample_scene(_rng(0), 2, boxes)
     scene = dataclasses.replace(scene, envs=np.ones_like(scene.envs))  # full size: all frames win
     frames = tw.render(scene)
     a, b = scene.objects
-    out = tw.placement_outcomes(frames, boxes, scene.objects)
-    assert out.dtype == np.int32 and (out == tw.OUTCOMES.index("correct")).all()
-    np.testing.assert_array_equal(out == 0, tw.placement(frames, boxes, scene.objects))
+    out = colour_pl.colour_placement_outcomes(frames, boxes, scene.objects, C)
+    assert out.dtype == np.int32 and (out == colour_pl.COLOUR_OUTCOMES.index("correct")).all()
+    np.testing.assert_array_equal(
+        out == 0, colour_pl.colour_placement(frames, boxes, scene.objects, C)
+    )
     # swapped classes: the other source wins each box
-    assert (tw.placement_outcomes(frames, boxes, [b, a]) == tw.OUTCOMES.index("other")).all()
+    assert (
+        colour_pl.colour_placement_outcomes(frames, boxes, [b, a], C)
+        == colour_pl.COLOUR_OUTCOMES.index("other")
+    ).all()
     # only object a drawn: box 1 (for b) shows nothing, and b is nowhere -> absent
     only_a = dataclasses.replace(
         scene, objects=[a], centers=scene.centers[:1], sizes=scene.sizes[:1], envs=scene.envs[:1]
     )
-    out = tw.placement_outcomes(tw.render(only_a), boxes, [a, b])
-    assert (out[0] == 0).all() and (out[1] == tw.OUTCOMES.index("absent")).all()
+    out = colour_pl.colour_placement_outcomes(tw.render(only_a), boxes, [a, b], C)
+    assert (out[0] == 0).all() and (out[1] == colour_pl.COLOUR_OUTCOMES.index("absent")).all()
     # a drawn in the right half while its box is the left one -> elsewhere
     moved = dataclasses.replace(only_a, centers=scene.centers[1:2])
-    out = tw.placement_outcomes(tw.render(moved), boxes[:1], [a])
-    assert (out == tw.OUTCOMES.index("elsewhere")).all()
+    out = colour_pl.colour_placement_outcomes(tw.render(moved), boxes[:1], [a], C)
+    assert (out == colour_pl.COLOUR_OUTCOMES.index("elsewhere")).all()
 
 
 def dataclasses_replace_empty(scene):
@@ -204,7 +217,7 @@ def dataclasses_replace_empty(scene):
 
 def test_sample_scene_boxes_and_errors():
     rng = _rng(1)
-    boxes = tw.random_boxes(rng, 3)
+    boxes = toy_batches.random_boxes(rng, 3)
     assert boxes.shape == (3, 4)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert np.all((w >= 0.35 - 1e-6) & (w <= 0.5 + 1e-6) & (h >= 0.35 - 1e-6) & (h <= 0.5 + 1e-6))
@@ -212,7 +225,7 @@ def test_sample_scene_boxes_and_errors():
         for j in range(i):
             a, b = boxes[i], boxes[j]
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
-    assert tw.random_boxes(rng, 4).shape == (4, 4)
+    assert toy_batches.random_boxes(rng, 4).shape == (4, 4)
     scene, stems, amb = tw.sample_scene(rng, 3, boxes)
     np.testing.assert_allclose(scene.centers, (boxes[:, :2] + boxes[:, 2:]) / 2, atol=1e-6)
     assert np.all(scene.sizes <= np.minimum(w, h) / 2 + 1e-6)
@@ -225,7 +238,7 @@ def test_sample_scene_boxes_and_errors():
         tw.sample_scene(rng, 2, np.zeros((3, 4)))
     with pytest.raises(ValueError, match="distinct"):
         tw.render(tw.Scene([1, 1], np.zeros((2, 2)), np.full(2, 0.1), 0, np.zeros((2, 8))))
-    d = tw.demo_job(0, 3)
+    d = toy_batches.demo_job(0, 3)
     assert d["stems"].shape == (3, 64000) and d["boxes"].shape == (3, 4)
     np.testing.assert_allclose(d["mixture"], tw.mixture(d["stems"], d["ambient"]))
     assert d["labels"] == [tw.OBJECTS[c].label for c in d["classes"]]
@@ -242,7 +255,7 @@ def test_caption_format():
 def test_write_cim_dataset_readable(tmp_path):
     from maestro_jax.data.pipeline import dataset_info, load_manifest, make_dataset
 
-    counts = tw.write_cim_dataset(tmp_path, num_clips=6, seed=0, num_test=2, res=16)
+    counts = toy_batches.write_cim_dataset(tmp_path, num_clips=6, seed=0, num_test=2, res=16)
     assert counts == {"train": 4, "test": 2}
     info = dataset_info(tmp_path)
     assert info["classes"] == tw.labels()
@@ -263,7 +276,7 @@ def test_write_cim_dataset_readable(tmp_path):
 def test_layout_batch_boxes_hold_their_objects():
     """video_layout_batch: every object is drawn inside its box (all frames), centred in it."""
     rng = _rng(5)
-    frames, caps, cls, boxes = tw.video_layout_batch(
+    frames, caps, cls, boxes = toy_batches.video_layout_batch(
         rng, 24, counts=(0.0, 0.3, 0.4, 0.3), separate=True
     )
     assert frames.shape[:2] == (24, tw.NUM_FRAMES) and len(caps) == 24
@@ -281,5 +294,5 @@ def test_layout_batch_boxes_hold_their_objects():
         checked += int(near.any())
     assert checked >= 0.8 * int((cls >= 0).sum())
     # without a rng the box is the object's tight full-size extent
-    tight = tw.object_boxes(np.array([[0]]), np.array([[[0.5, 0.5]]]), np.array([[0.2]]))
+    tight = toy_batches.object_boxes(np.array([[0]]), np.array([[[0.5, 0.5]]]), np.array([[0.2]]))
     np.testing.assert_allclose(tight[0, 0], [0.3, 0.3, 0.7, 0.7], atol=1e-6)

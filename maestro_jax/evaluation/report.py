@@ -62,7 +62,7 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
     if any((r.get("placement") or {}).get("metric") == "toy_colour" for r in results):
         notes.append(
             "- Placement (toy world): fraction of (box, frame) pairs whose box shows its own "
-            "source's class by colour (maestro_jax.toy.world.placement)."
+            "source's class by colour (maestro_jax.metrics.placement.colour_placement)."
         )
     elif has_place:
         notes.append(

@@ -172,7 +172,8 @@ def _boxes_for(it: VideoItem, num_frames: int) -> np.ndarray:
 
 def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
     """Toy world: is box k's majority colour the class of stem k, per frame
-    (`maestro_jax.toy.world.placement`; true classes from the stems' `toyworld.json`)."""
+    (`maestro_jax.metrics.placement.colour_placement`; true classes from the stems' `toyworld.json`)."""
+    from maestro_jax.metrics import placement as colour_pl
     from maestro_jax.toy import world as toyworld
     from maestro_jax.toy.evaluate import read_truth
 
@@ -183,7 +184,9 @@ def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
             "(a toyworld.json next to the stems, as `python -m maestro_jax.sweep` writes for "
             "toy jobs); or set --config.toy_placement=False"
         )
-    correct = toyworld.placement(frames, _boxes_for(it, frames.shape[0]), classes)  # [K, T]
+    correct = colour_pl.colour_placement(
+        frames, _boxes_for(it, frames.shape[0]), classes, toyworld.OBJECT_COLORS
+    )  # [K, T]
     return {
         "metric": "toy_colour", "accuracy": float(correct.mean()), "n_boxes": len(classes),
         "classes": classes, "correct": correct.tolist(),

@@ -174,3 +174,89 @@ def box_color_accuracy(
             correct.append(d_other > d_own)
     correct = np.asarray(correct)
     return PlacementResult(float(correct.mean()), float(np.mean(margins)), correct.size, correct)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour placement (worlds whose classes have flat colours: the toy world)
+
+COLOUR_OUTCOMES = ("correct", "other", "elsewhere", "absent")
+
+
+def _check_unit_boxes(boxes: np.ndarray) -> None:
+    if (
+        np.any(boxes < 0)
+        or np.any(boxes > 1)
+        or np.any(boxes[:, 2] <= boxes[:, 0])
+        or np.any(boxes[:, 3] <= boxes[:, 1])
+    ):
+        raise ValueError(f"boxes must be (x0, y0, x1, y1) in [0, 1] with x0 < x1, y0 < y1: {boxes}")
+
+
+def colour_placement(
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    classes: Sequence[int],
+    colors: np.ndarray,
+    tau: float = 90.0,
+    min_frac: float = 0.08,
+) -> np.ndarray:
+    """bool [K, T]: is class classes[k] the object drawn in box k in frame t? For worlds whose
+    classes have flat colours (the toy world: `maestro_jax.toy.world.OBJECT_COLORS`).
+
+    frames [T, H, W, 3] RGB 0..255 (uint8 or float); boxes [K, 4] or [K, T, 4] (x0, y0, x1, y1)
+    in [0, 1], pixels as `box_pixel_range`; colors [C, 3] RGB of the classes. Each pixel votes
+    for its nearest class colour if within `tau` (Euclidean RGB); the box's prediction is the
+    class with most votes if those reach `min_frac` of the box's pixels, else none (never
+    correct).
+    """
+    return colour_placement_outcomes(frames, boxes, classes, colors, tau, min_frac) == 0
+
+
+def colour_placement_outcomes(
+    frames: np.ndarray,
+    boxes: np.ndarray,
+    classes: Sequence[int],
+    colors: np.ndarray,
+    tau: float = 90.0,
+    min_frac: float = 0.08,
+) -> np.ndarray:
+    """int [K, T]: what box k shows in frame t, an index into `COLOUR_OUTCOMES`:
+
+    0 correct: its own class wins the box (`colour_placement`); 1 other: another class wins it;
+    2 elsewhere: no class wins it, and its own class is drawn elsewhere in the frame (at least
+    as many pixels as a win would need); 3 absent: no class wins it, and its own class is not
+    drawn in the frame. Arguments as `colour_placement`."""
+    frames = np.asarray(frames, np.float32)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got shape {frames.shape}")
+    t, h, w, _ = frames.shape
+    classes = [int(c) for c in classes]
+    k = len(classes)
+    boxes = np.asarray(boxes, np.float64)
+    colors = np.asarray(colors, np.float32)
+    n_cls = colors.shape[0]
+    if boxes.ndim == 2:
+        if boxes.shape != (k, 4):
+            raise ValueError(f"boxes must be [{k}, 4] or [{k}, {t}, 4], got shape {boxes.shape}")
+        boxes = np.broadcast_to(boxes[:, None], (k, t, 4))
+    elif boxes.shape != (k, t, 4):
+        raise ValueError(f"boxes must be [{k}, 4] or [{k}, {t}, 4], got shape {boxes.shape}")
+    _check_unit_boxes(boxes.reshape(-1, 4))
+    d2 = np.square(frames[..., None, :] - colors).sum(-1)  # [T, H, W, C]
+    near = np.argmin(d2, axis=-1)
+    vote = np.where(np.min(d2, axis=-1) <= tau * tau, near, -1)
+    in_frame = np.stack([(vote == c).sum(axis=(1, 2)) for c in range(n_cls)], -1)  # [T, C]
+    out = np.zeros((k, t), np.int32)
+    for j in range(k):
+        for f in range(t):
+            x0, x1 = box_pixel_range(boxes[j, f, 0], boxes[j, f, 2], w)
+            y0, y1 = box_pixel_range(boxes[j, f, 1], boxes[j, f, 3], h)
+            v = vote[f, y0:y1, x0:x1].ravel()
+            counts = np.bincount(v[v >= 0], minlength=n_cls)
+            best = int(np.argmax(counts))
+            need = min_frac * v.size
+            if counts[best] >= need:
+                out[j, f] = 0 if best == classes[j] else 1
+            else:
+                out[j, f] = 2 if in_frame[f, classes[j]] >= need else 3
+    return out

@@ -128,9 +128,10 @@ def write_demo(folder: Path, seed: int = 25, num_sources: int = 2) -> None:
     """The bundled demo mixture of `make demo`: mixture.wav + job.json (queries, boxes). Seed 25
     gives a blue square (left) and a red disc (right)."""
     from maestro_jax import audio as audio_lib
+    from maestro_jax.toy import batches as toy_batches
     from maestro_jax.toy import world as toyworld
 
-    job = toyworld.demo_job(seed, num_sources)
+    job = toy_batches.demo_job(seed, num_sources)
     folder.mkdir(parents=True, exist_ok=True)
     audio_lib.write_wav(folder / "mixture.wav", job["mixture"][None], toyworld.SR)
     spec = {

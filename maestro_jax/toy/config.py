@@ -107,7 +107,9 @@ def _cim(root: ml_collections.FieldReference) -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"
     c.data.update(synthetic=True, synthetic_kind="toyworld", synthetic_clips=400)
     c.data.synthetic_resolution = RESOLUTION
-    c.frames.rule = "release"  # maestro_jax.toy.world.write_cim_dataset: 4 of the 8 frames per clip
+    c.frames.rule = (
+        "release"  # maestro_jax.toy.batches.write_cim_dataset: 4 of the 8 frames per clip
+    )
     c.interpolation = False
     c.optimizer.lr = 1e-3
     c.checkpoint.update(every_steps=250, keep=2, **{"async": False})
@@ -224,7 +226,7 @@ def separator_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "separator"
     c.data_module = (
-        "maestro_jax.toy.world"  # labels(), separation_batch(rng, batch, seconds, sr, ...)
+        "maestro_jax.toy.batches"  # labels(), separation_batch(rng, batch, seconds, sr, ...)
     )
     c.seed = 0
     c.sample_rate = 16000  # the toy world's rate; STFT stays n_fft 2048 / hop 320 samples

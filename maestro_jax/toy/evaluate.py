@@ -1,7 +1,7 @@
 """Placement on the toy world: does each object appear in its own box? (issue 5)
 
 Every job is a random toy scene (`maestro_jax/toy/world.py`): K distinct object classes, K random
-non-overlapping boxes (`toyworld.random_boxes`) and each object's audio stem
+non-overlapping boxes (`toy_batches.random_boxes`) and each object's audio stem
 (`toyworld.object_sound`). Each job is generated in every mode of the paper's ablation
 (`maestro_jax.generation.sampling` modes):
 
@@ -10,7 +10,7 @@ non-overlapping boxes (`toyworld.random_boxes`) and each object's audio stem
     mosaic    Mosaic Denoising on every step
     maestro   N_D Object Locating steps, then Mosaic Denoising (the method)
 
-and scored by `toyworld.placement`: in every frame, is the class drawn in box k (by colour) the
+and scored by `colour_placement`: in every frame, is the class drawn in box k (by colour) the
 class of stem k? Accuracy = the fraction of correct (box, frame) pairs, per mode, overall and
 split by the number of sources.
 
@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from maestro_jax.metrics import placement as colour_pl
+from maestro_jax.toy import batches as toy_batches
 from maestro_jax.toy import world as tw
 
 MODES = ("vanilla", "locate", "mosaic", "maestro")
@@ -88,7 +90,7 @@ def make_jobs(n_per_k: int, ks: Sequence[int] = (2, 3), seed: int = 0) -> list[T
         for i in range(int(n_per_k)):
             rng = np.random.default_rng([int(seed), k, i])
             classes = tuple(int(c) for c in rng.choice(n_obj, k, replace=False))
-            boxes = tw.random_boxes(rng, k)
+            boxes = toy_batches.random_boxes(rng, k)
             stems = np.stack([tw.object_sound(c, rng)[0] for c in classes])
             jobs.append(ToyJob(f"k{k}_{i:03d}", classes, boxes, stems, int(rng.integers(2**31))))
     return jobs
@@ -160,11 +162,11 @@ def evaluate_placement(
     """Generate every job in every mode (in this process, batched) and score placement.
 
     Returns {'modes': {mode: {'accuracy', 'by_sources': {k: accuracy}, 'by_class': {label:
-    accuracy}, 'outcomes': {toyworld.OUTCOMES name: fraction of (box, frame) pairs}, 'jobs', 'box_frames',
+    accuracy}, 'outcomes': {colour_pl.COLOUR_OUTCOMES name: fraction of (box, frame) pairs}, 'jobs', 'box_frames',
     'seconds', 'seconds_per_job', 'seconds_per_job_warm'}}, 'jobs': [{name, sources, classes,
     labels, boxes, seed, accuracy: {mode: value}}], 'sources': [k...], 'settings', 'timing',
     'examples': {job name: {mode: uint8 frames [T, H, W, 3]}} (the first `examples` jobs; not
-    JSON)}. Accuracy: mean over (box, frame) pairs of `toyworld.placement`. Timings include the
+    JSON)}. Accuracy: mean over (box, frame) pairs of `colour_placement`. Timings include the
     compile of each sampler shape; '_warm' excludes the first call of each compiled shape."""
     from tqdm import tqdm
 
@@ -207,7 +209,7 @@ def evaluate_placement(
     groups: dict[int, list[ToyJob]] = {}
     for j in jobs:
         groups.setdefault(j.k, []).append(j)
-    outcome: dict[str, dict[str, np.ndarray]] = {m: {} for m in modes}  # toyworld.OUTCOMES
+    outcome: dict[str, dict[str, np.ndarray]] = {m: {} for m in modes}  # colour_pl.COLOUR_OUTCOMES
     shown = {j.name: {} for j in list(jobs)[: max(0, examples)]}
     timing = {m: {"seconds": 0.0, "warm_seconds": 0.0, "warm_jobs": 0} for m in modes}
     compiled: set = set()
@@ -235,7 +237,9 @@ def evaluate_placement(
                     timing[mode]["warm_jobs"] += len(chunk)
                 compiled.add(shape)
                 for j, fr in zip(chunk, frames):
-                    outcome[mode][j.name] = tw.placement_outcomes(fr, j.boxes, j.classes)
+                    outcome[mode][j.name] = colour_pl.colour_placement_outcomes(
+                        fr, j.boxes, j.classes, tw.OBJECT_COLORS
+                    )
                     if j.name in shown:
                         shown[j.name][mode] = fr
                 bar.update(len(chunk))
@@ -264,7 +268,9 @@ def evaluate_placement(
                 lab: float(np.concatenate(rows).mean())
                 for lab, rows in sorted(per_class.items(), key=lambda kv: tw.labels().index(kv[0]))
             },
-            "outcomes": {o: float(np.mean(allo == i)) for i, o in enumerate(tw.OUTCOMES)},
+            "outcomes": {
+                o: float(np.mean(allo == i)) for i, o in enumerate(colour_pl.COLOUR_OUTCOMES)
+            },
             "jobs": len(jobs),
             "box_frames": int(allc.size),
             "seconds": round(tm["seconds"], 3),
@@ -326,7 +332,7 @@ def markdown_table(result: dict) -> str:
     notes = [
         "",
         "- Placement (toy world): fraction of (box, frame) pairs whose box shows its own "
-        "source's class (`toyworld.placement`: majority colour within 90 RGB units, at least "
+        "source's class (`colour_placement`: majority colour within 90 RGB units, at least "
         "8% of the box).",
         f"- {s['steps']} DDIM steps, N_D = {s['n_d']} (maestro), guidance {s['guidance']}, "
         f"{s['frames']} frames {s['height']}x{s['width']}; weights {s['assets']}.",
@@ -340,11 +346,11 @@ def markdown_table(result: dict) -> str:
     if s.get("random_weights"):
         notes.append("- RANDOM weights: the numbers test the plumbing only.")
     labels = list(next(iter(result["modes"].values()))["by_class"])
-    head = ["Mode", *labels, *tw.OUTCOMES]
+    head = ["Mode", *labels, *colour_pl.COLOUR_OUTCOMES]
     detail = [
         "",
         "Per class (placement of the boxes holding it) and per outcome (fraction of (box, frame) "
-        "pairs: `toyworld.placement_outcomes`; other = another class wins the box, elsewhere = "
+        "pairs: `colour_placement_outcomes`; other = another class wins the box, elsewhere = "
         "no class wins it and its own is drawn outside it, absent = its own is not drawn):",
         "",
         "| " + " | ".join(head) + " |",
@@ -352,7 +358,7 @@ def markdown_table(result: dict) -> str:
     ]
     for m, r in result["modes"].items():
         row = [f"{r['by_class'][lab]:.3f}" for lab in labels]
-        row += [f"{r['outcomes'][o]:.3f}" for o in tw.OUTCOMES]
+        row += [f"{r['outcomes'][o]:.3f}" for o in colour_pl.COLOUR_OUTCOMES]
         detail.append("| " + " | ".join([m, *row]) + " |")
     return "\n".join(lines + notes + detail) + "\n"
 

@@ -159,7 +159,7 @@ def _frames01(frames: np.ndarray) -> np.ndarray:
 
 
 def _vae_stage(config):
-    from maestro_jax.toy import world as tw
+    from maestro_jax.toy import batches as toy_batches
 
     cfg = vae_config(config)
     model = vae_lib.AutoencoderKL(cfg)
@@ -179,7 +179,7 @@ def _vae_stage(config):
         return l1 + mse + kl_w * kl, {"l1": l1, "mse": mse, "kl": kl}
 
     def batch_fn(rng):
-        frames, _ = tw.image_batch(rng, int(config.batch_size), res=res, max_objects=3)
+        frames, _ = toy_batches.image_batch(rng, int(config.batch_size), res=res, max_objects=3)
         return {"x": _frames01(frames)}
 
     def export(p, out):
@@ -205,6 +205,7 @@ def rescale_vae_latents(model, params, batch: dict) -> Any:
 
 
 def _unet_stage(config, temporal: bool):
+    from maestro_jax.toy import batches as toy_batches
     from maestro_jax.toy import world as tw
 
     ucfg = unet_config(config, temporal)
@@ -267,7 +268,7 @@ def _unet_stage(config, temporal: bool):
     def batch_fn(rng):
         pu = float(config.p_uncond)
         if layout is not None:
-            frames, caps, cls, boxes = tw.video_layout_batch(
+            frames, caps, cls, boxes = toy_batches.video_layout_batch(
                 rng, int(config.batch_size), num_frames=f, res=res, p_empty_caption=pu,
                 counts=counts, separate=separate,
             )  # fmt: skip
@@ -280,12 +281,14 @@ def _unet_stage(config, temporal: bool):
             out = {"x": _frames01(frames), "ctx": slots[:, -1], "slots": slots}
             return out | {f"assign{i}": a for i, a in enumerate(assigns)}
         if temporal:
-            frames, caps = tw.video_batch(
+            frames, caps = toy_batches.video_batch(
                 rng, int(config.batch_size), num_frames=f, res=res, p_empty_caption=pu,
                 counts=counts, separate=separate,
             )  # fmt: skip
         else:
-            frames, caps = tw.image_batch(rng, int(config.batch_size), res=res, p_empty_caption=pu)
+            frames, caps = toy_batches.image_batch(
+                rng, int(config.batch_size), res=res, p_empty_caption=pu
+            )
         return {"x": _frames01(frames), "ctx": captions(caps)}
 
     def export(p, out):

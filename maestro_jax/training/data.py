@@ -126,9 +126,9 @@ def ensure_synthetic(config: Any, data_dir: Path) -> None:
     if kind not in ("synthetic", "toyworld"):
         raise ValueError(f"data.synthetic_kind must be 'synthetic' or 'toyworld', got {kind!r}")
     if kind == "toyworld" and jax.process_index() == 0 and not done.exists():
-        from maestro_jax.toy import world as toyworld
+        from maestro_jax.toy import batches as toy_batches
 
-        toyworld.write_cim_dataset(
+        toy_batches.write_cim_dataset(
             data_dir,
             num_clips=int(config.data.synthetic_clips),
             seed=int(config.seed),

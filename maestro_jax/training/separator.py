@@ -3,7 +3,7 @@
     python -m maestro_jax.train --config=configs/toy.py:separator --workdir=/tmp/toy_sep
     (dispatch on `config.task == "separator"`; library entry point: `train(config, workdir)`)
 
-Data: `maestro_jax.toy.world.separation_batch(rng, batch, seconds, sr, max_sources)` gives (mixture
+Data: `maestro_jax.toy.batches.separation_batch(rng, batch, seconds, sr, max_sources)` gives (mixture
 [B, N], target [B, N], query labels [B]); the target is one object's stem in the mixture and
 the query is that object's label. The toy audio is generated directly at `config.sample_rate`
 (the separator's STFT is n_fft 2048 / hop 320 in samples whatever the rate: nothing in
