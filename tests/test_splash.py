@@ -147,6 +147,28 @@ def test_splash_under_mesh_runs_in_shard_map(cpu_mesh, shape, batch, heads, spec
     np.testing.assert_array_equal(np.asarray(out), np.asarray(local))
 
 
+def test_splash_inside_a_shard_map(cpu_mesh):
+    """In a caller's shard_map the kernel runs on the local shard (and in a nested shard_map
+    over the axes left); with check_vma=True Pallas cannot run: XLA, the same numbers."""
+    q, k, v = _qkv(8, 40, 40, 4)
+    ref = _attend("xla")(q, k, v)
+
+    def inner(q, k, v):
+        return attn.dot_product_attention(q, k, v, impl="splash")
+
+    with jax.set_mesh(cpu_mesh):
+        for kw, kernel, nested in [
+            (dict(check_vma=False), True, False),
+            (dict(check_vma=False, axis_names={"data"}), True, True),
+            (dict(), False, False),
+        ]:
+            f = jax.jit(jax.shard_map(inner, in_specs=P("data"), out_specs=P("data"), **kw))
+            jaxpr = str(jax.make_jaxpr(f)(q, k, v))
+            assert ("pallas_call" in jaxpr) == kernel
+            assert (jaxpr.count("shard_map") > 1) == nested
+            assert _rel_l2(f(q, k, v), ref) < 1e-5
+
+
 # ----------------------------------------------------------------------------- auto
 
 

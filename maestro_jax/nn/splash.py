@@ -21,8 +21,9 @@ JAX 0.10.2 and 0.11.x). Around it:
   over the mesh's batch axes ('data', 'fsdp') that divide it, the heads over the axes left
   ('model', 'tensor', 'fsdp') that divide them; other axes see a replicated copy. A Mosaic
   kernel cannot be partitioned by XLA, so a multi-device TPU program must set the mesh (the
-  deprecated `with mesh:` context is not seen). Inside a `shard_map` (manual axes) the kernel
-  runs on the local shard as is.
+  deprecated `with mesh:` context is not seen). Inside a `shard_map` the manual axes are
+  already split (the kernel sees the local shard; the mesh's other axes are handled as above);
+  that shard_map needs check_vma=False (else: XLA, with a warning).
 
 Training works too: the kernel's backward pass uses the same block sizes.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -68,6 +70,17 @@ def _kernel_module() -> tuple[Any, str | None]:
     return sa, None
 
 
+def _varying_axes(x) -> frozenset:
+    """Mesh axes x varies over inside a `shard_map` with check_vma=True (empty elsewhere and for
+    ShapeDtypeStructs): `typeof(x).mat.varying` in JAX 0.10 / 0.11, `.vma` before."""
+    if not isinstance(x, jax.Array):
+        return frozenset()
+    t = jax.typeof(x)
+    mat = getattr(t, "mat", None)
+    return frozenset((getattr(mat, "varying", None) if mat is not None else None)
+                     or getattr(t, "vma", None) or ())  # fmt: skip
+
+
 def unsupported_reason(q, k, v, bias) -> str | None:
     """Why splash cannot compute this attention (None: it can). Shapes [B, T, H, D]."""
     if bias is not None:
@@ -81,6 +94,8 @@ def unsupported_reason(q, k, v, bias) -> str | None:
         return f"shapes q {q.shape}, k {k.shape}, v {v.shape}"
     if q.shape[1] == 0 or k.shape[1] == 0:
         return "an empty sequence"
+    if any(_varying_axes(x) for x in (q, k, v)):
+        return "inside a jax.shard_map with check_vma=True (Pallas kernels need check_vma=False)"
     return None
 
 
@@ -214,9 +229,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) 
 
     Call `unsupported_reason` first (`dot_product_attention` does)."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.manual_axes or mesh.size == 1:
+    sizes = {} if mesh.empty else dict(zip(mesh.axis_names, mesh.axis_sizes))
+    for a in mesh.manual_axes:  # inside a shard_map: those are split already
+        sizes.pop(a, None)
+    if math.prod(sizes.values()) == 1:
         return _local(q, k, v, scale=scale)
-    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
     b_axes, h_axes = mesh_axes(sizes, q.shape[0], q.shape[2])
     spec = P(_spec_entry(b_axes), None, _spec_entry(h_axes), None)
     f = jax.shard_map(
@@ -224,6 +241,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) 
         mesh=mesh,
         in_specs=(spec, spec, spec),
         out_specs=spec,
+        axis_names=frozenset(sizes),
         check_vma=False,
     )
     return f(q, k, v)
