@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maestro_jax.fsmodes import chmod_default
+
 # Distinct box colours for up to 8 sources (RGB).
 BOX_COLORS = np.array(
     [
@@ -45,9 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     )
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    chmod_default(tmp)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
