@@ -30,6 +30,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from maestro_jax.procfs import proc_kib
+
 GB = 1e9
 
 
@@ -97,13 +99,9 @@ def _group_rss(pgid: int) -> int:
         try:
             if os.getpgid(int(entry.name)) != pgid or _cmdline(entry.name) == mine:
                 continue
-            with open(f"/proc/{entry.name}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except (OSError, ValueError):
+        except OSError:
             continue
+        total += proc_kib(f"/proc/{entry.name}/status", "VmRSS") or 0
     return total
 
 
@@ -124,7 +122,7 @@ def run_measured(
     before = _files(watch) if watch is not None else {}
     log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     killed: list[int] = []
-    own_peak = _own_peak_rss()
+    own_peak = proc_kib("/proc/self/status", "VmHWM") or 0
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -171,18 +169,6 @@ def run_measured(
         killed_over_bytes=killed[0] if killed else None,
         timing=read_timing(log_path) if log_path is not None else {},
     )
-
-
-def _own_peak_rss() -> int:
-    """This process's peak resident set (VmHWM), 0 if unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _peak(maxrss: int, sampled: int, own_peak: int) -> int:

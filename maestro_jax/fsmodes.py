@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 
+from maestro_jax.procfs import proc_field
+
 
 def umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask can only be read
     by setting it, which races with other threads creating files)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
+    value = proc_field("/proc/self/status", "Umask")
+    if value is not None:
+        return int(value, 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -36,6 +36,7 @@ from maestro_jax.generation.models import (
 )
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
+from maestro_jax.procfs import proc_kib
 
 MODES = ("maestro", "vanilla", "locate", "mosaic")
 
@@ -309,14 +310,7 @@ def available_memory_bytes() -> int | None:
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
         return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def auto_frame_chunk(
