@@ -340,12 +340,13 @@ def run_sweep(cfg, log: Callable = print) -> dict:
     out = Path(cfg.outdir)
     out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
+    pool = gen.ModelPool()  # every value's run shares the weights (loaded once)
     for p in points:
         log(f"== {TITLES[cfg.param]} = {p.label} -> {p.subdir}")
         if p.make_tiny_cim and not (Path(p.cim) / "params").exists():
             write_tiny_cim(Path(p.cim), int(p.gen_cfg.num_queries), seed=100 + len(rows))
         try:
-            rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False)
+            rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False, pool=pool)
         except gen.InputError as e:
             raise SweepError(f"{TITLES[cfg.param]} = {p.label}: {e}") from e
         if rc != 0:

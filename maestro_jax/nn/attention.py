@@ -16,6 +16,11 @@ Implementations:
   (77 keys) -> xla. On GPU in bf16/fp16: cudnn everywhere; in float32 and on CPU: xla, so
   'auto' is bit-identical to 'xla' on CPU. Model configs keep 'xla' as their default (the
   parity reference, the same numbers on every backend); 'auto' is opt-in.
+- `chunked`: `xla` with the queries taken `CHUNK_LOGITS_BYTES` of float32 logits at a time
+  (`lax.map` over query chunks) when one call's logits would be larger; below that it is `xla`
+  itself. Each query row's softmax is over all keys either way, so only the working memory
+  changes: on a CPU, VideoCrafter2's first-level self-attention at 320x512 (16 frames, CFG) has
+  4.2 GB of logits per layer.
 
 Attention *edits* (Attention Mosaic) do not live here: a cross-attention layer that receives an
 `AttnEdit` hands it the queries and its key/value projections (see `AttnEdit`).
@@ -32,7 +37,8 @@ import jax.numpy as jnp
 
 from maestro_jax.nn import splash
 
-IMPLS = ("xla", "cudnn", "splash", "auto")
+IMPLS = ("xla", "cudnn", "splash", "chunked", "auto")
+CHUNK_LOGITS_BYTES = 1 << 29  # 'chunked': float32 logits of one query chunk, at most
 _log = logging.getLogger(__name__)
 
 
@@ -76,6 +82,24 @@ def _xla(q, k, v, scale, bias):
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     return attend_with_logits(logits, v)
+
+
+def _chunked(q, k, v, scale, bias):
+    """`_xla` over query chunks of at most `CHUNK_LOGITS_BYTES` of logits (a divisor of Tq, so
+    no padding), one chunk at a time; `_xla` itself when the whole call fits."""
+    b, tq, h, d = q.shape
+    rows = max(1, CHUNK_LOGITS_BYTES // (4 * b * h * k.shape[1]))
+    if rows >= tq:
+        return _xla(q, k, v, scale, bias)
+    size = max(c for c in range(1, rows + 1) if tq % c == 0)
+    n = tq // size
+    qs = jnp.moveaxis(q.reshape(b, n, size, h, d), 1, 0)  # [n, B, size, H, D]
+    if bias is not None and bias.ndim >= 2 and bias.shape[-2] == tq:
+        bias = jnp.moveaxis(bias.reshape(*bias.shape[:-2], n, size, bias.shape[-1]), -3, 0)
+        out = jax.lax.map(lambda qb: _xla(qb[0], k, v, scale, qb[1]), (qs, bias))
+    else:
+        out = jax.lax.map(lambda qc: _xla(qc, k, v, scale, bias), qs)
+    return jnp.moveaxis(out, 0, 1).reshape(b, tq, h, d)
 
 
 def _cudnn_reason(q, k, v, bias, backend: str | None = None) -> str | None:
@@ -148,6 +172,8 @@ def dot_product_attention(
                 )
             return splash.splash_attention(q, k, v, scale=scale)
         _warn_once(f"splash attention unavailable ({reason}); falling back to xla")
+    elif impl == "chunked":
+        return _chunked(q, k, v, scale, bias)
     return _xla(q, k, v, scale, bias)
 
 
