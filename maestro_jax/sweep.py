@@ -11,7 +11,7 @@ Tiny random models (CPU, no files; the numbers only test the plumbing):
   python -m maestro_jax.sweep --config=configs/sweeps/modes.py:runlocal --config.param_values="('vanilla','maestro')"
 
 Toy world (the committed toy weights; placement = box colour accuracy on random toy scenes whose
-stems and true classes are written under OUTDIR/toy_jobs/, see `maestro_jax.toy.evaluate`):
+stems and true classes are written under OUTDIR/toy_jobs/, see `maestro_jax.toy.placement`):
   python -m maestro_jax.sweep --config=configs/toy.py:sweep_nd
 
 Real weights (converted with convert.videocrafter / convert.imagebind --modalities audio,vision /

@@ -1,4 +1,4 @@
-"""Toy-world placement evaluation (`maestro_jax.toy.evaluate`) and the toy N_D sweep CLI.
+"""Toy-world placement evaluation (`maestro_jax.toy.placement`, `python -m maestro_jax.toy.evaluate`) and the toy N_D sweep CLI.
 
 The weights are the toy world's (`maestro_jax/toy/config.py`: `maestro_jax/assets/toy`, or
 $MAESTRO_TOY_ASSETS, e.g. the untrained smoke build). These tests check the plumbing with 4 DDIM
@@ -18,7 +18,7 @@ import pytest
 
 from maestro_jax.metrics import placement as colour_pl
 from maestro_jax.toy import config as toy_cfg
-from maestro_jax.toy import evaluate as te
+from maestro_jax.toy import placement as te
 from maestro_jax.toy import world as tw
 from maestro_jax.video import read_png
 
@@ -169,3 +169,17 @@ def test_toy_nd_sweep_cli(tmp_path):
     settings = json.loads((out / "n_d_4" / "k2_000.json").read_text())
     assert settings["n_d"] == 4
     np.testing.assert_allclose(settings["boxes_per_frame"][0], job.boxes, atol=1e-6)
+
+
+def test_command_names_bad_flags_in_one_line(tmp_path, capsys):
+    """The command refuses bad input before loading anything, in one line."""
+    from maestro_jax import cli
+    from tests.conftest import load_command
+
+    cmd = load_command("maestro_jax.toy.evaluate")
+    argv = ["--sources", "two", "--out", str(tmp_path / "r")]
+    assert cli.call(cmd.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sources 'two'" in err
+    assert cli.call(cmd.main, ["--assets", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err

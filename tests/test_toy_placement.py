@@ -17,7 +17,7 @@ import json
 import pytest
 
 from maestro_jax.toy import config as toy_generate
-from maestro_jax.toy import evaluate as toy_eval
+from maestro_jax.toy import placement as toy_eval
 
 ASSETS = toy_generate.ASSETS
 N_PER_K = 6

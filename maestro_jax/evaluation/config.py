@@ -51,7 +51,7 @@ def evaluation_config(variant: str) -> ml_collections.ConfigDict:
     # loads no ImageBind (the toy world has no vision branch). AV-Align needs no weights.
     c.imagebind_metrics = True
     # Toy world: placement = box colour accuracy (maestro_jax.metrics.placement.colour_placement) against the true
-    # classes in the `toyworld.json` next to each video's stems (maestro_jax.toy.evaluate).
+    # classes in the `toyworld.json` next to each video's stems (maestro_jax.toy.placement).
     c.toy_placement = False
     c.compilation_cache = "~/.cache/maestro_jax/jax_cache"  # '' disables it
     c.tiny = ml_collections.ConfigDict(dict(image_size=56))

@@ -175,7 +175,7 @@ def _toy_placement(it: VideoItem, frames: np.ndarray) -> dict:
     (`maestro_jax.metrics.placement.colour_placement`; true classes from the stems' `toyworld.json`)."""
     from maestro_jax.metrics import placement as colour_pl
     from maestro_jax.toy import world as toyworld
-    from maestro_jax.toy.evaluate import read_truth
+    from maestro_jax.toy.placement import read_truth
 
     classes = read_truth(it.stems) if it.stems else None
     if it.boxes is None or classes is None or len(classes) != it.boxes.shape[0]:

@@ -72,7 +72,7 @@ def parse_stems(spec: str, audio_dir: str, seed: int) -> list[Job]:
 
 def base_jobs(cfg) -> list[Job]:
     if cfg.get("toy_jobs"):  # toy world: random scenes, stems + truth written under outdir
-        from maestro_jax.toy import evaluate as toy_eval
+        from maestro_jax.toy import placement as toy_eval
 
         try:
             toy = toy_eval.make_jobs(int(cfg.toy_jobs), tuple(cfg.toy_sources), int(cfg.toy_seed))
@@ -298,7 +298,7 @@ def _check_weights(points: Sequence[Point]) -> None:
     if g.model != "full":
         return
     if g.get("variant") == "toy":  # the toy world's weights: say how to build them
-        from maestro_jax.toy import evaluate as toy_eval
+        from maestro_jax.toy import placement as toy_eval
 
         try:
             toy_eval.check_assets(g)

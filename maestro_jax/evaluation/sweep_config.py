@@ -43,7 +43,7 @@ def sweep_config(
     c.jobs_file = ""  # JSONL jobs (maestro_jax.generate's format); overrides `stems`
     c.max_jobs = 1 if variant == "runlocal" else 0  # 0 = all jobs
     # Toy world (configs/toy.py:sweep_nd): `toy_jobs` random scenes per source count in
-    # `toy_sources` (maestro_jax.toy.evaluate.make_jobs), their stems and true classes written to
+    # `toy_sources` (maestro_jax.toy.placement.make_jobs), their stems and true classes written to
     # OUTDIR/toy_jobs/; overrides `stems` / `jobs_file`. 0 = off.
     # runlocal: one toy scene per source count (its stems are made on the fly: no files needed)
     c.toy_jobs = 1 if variant == "runlocal" else 0
