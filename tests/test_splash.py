@@ -315,3 +315,14 @@ def test_unet_lowers_for_tpu_with_splash_and_for_cuda_with_xla():
     assert txt.count("tpu_custom_call") >= 2  # self and temporal attention
     txt = _export_text(fwd(cfg), params, x, t, ctx, platform="cuda")
     assert "tpu_custom_call" not in txt
+
+
+def test_auto_stages_splash_for_tpu_only():
+    """'auto' is one program: the TPU export holds the kernel where `choose_impl` picks splash
+    (>= 128 keys), the CUDA and CPU programs do not, and on this CPU it is `xla` bitwise."""
+    specs = [jax.ShapeDtypeStruct((1, 160, 4, DH), jnp.bfloat16) for _ in range(3)]
+    assert attn.choose_impl("auto", *specs, backend="tpu") == "splash"
+    assert "tpu_custom_call" in _export_text(_attend("auto"), *specs, platform="tpu")
+    assert "tpu_custom_call" not in _export_text(_attend("auto"), *specs, platform="cuda")
+    q, k, v = _qkv(1, 160, 160, 4)
+    np.testing.assert_array_equal(_attend("auto")(q, k, v), _attend("xla")(q, k, v))

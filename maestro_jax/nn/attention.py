@@ -14,8 +14,10 @@ Implementations:
   `xla` otherwise. At VideoCrafter2's full size on TPU: spatial self-attention at 2560, 640 and
   160 tokens -> splash; at 40 tokens (5x8), temporal attention (16 frames) and cross-attention
   (77 keys) -> xla. On GPU in bf16/fp16: cudnn everywhere; in float32 and on CPU: xla, so
-  'auto' is bit-identical to 'xla' on CPU. Model configs keep 'xla' as their default (the
-  parity reference, the same numbers on every backend); 'auto' is opt-in.
+  'auto' is bit-identical to 'xla' on CPU. Each platform's choice is staged with
+  `lax.platform_dependent`, so a program exported from a CPU host for TPU (`jax.export`) holds
+  the splash kernel. Model configs keep 'xla' as their default (the parity reference, the same
+  numbers on every backend); 'auto' is opt-in.
 - `chunked`: `xla` with the queries taken `CHUNK_LOGITS_BYTES` of float32 logits at a time
   (`lax.map` over query chunks) when one call's logits would be larger; below that it is `xla`
   itself. Each query row's softmax is over all keys either way, so only the working memory
@@ -135,6 +137,46 @@ def choose_impl(impl: str, q, k, v, bias=None, backend: str | None = None) -> st
     return "xla"
 
 
+@functools.cache
+def cudnn_traceable() -> bool:
+    """Whether this host can trace cuDNN fused attention (JAX checks for cuDNN while tracing
+    it, so a CPU-only host cannot stage it even for a CUDA export)."""
+    x = jax.ShapeDtypeStruct((1, 8, 1, 64), jnp.bfloat16)
+    try:
+        jax.eval_shape(
+            lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"), x
+        )
+    except Exception:  # RuntimeError("cuDNN is not detected.") and kin
+        return False
+    return True
+
+
+def _auto(q, k, v, scale, bias):
+    """'auto' as one program: the implementation of each platform (`choose_impl`) staged with
+    `lax.platform_dependent`, so only the branch of the platform the program is lowered for
+    reaches the compiler (on CPU: `_xla` alone, bitwise; `jax.export(..., platforms=['tpu'])`
+    from any host: the splash kernel where a TPU runs it)."""
+    on_tpu = choose_impl("auto", q, k, v, bias, backend="tpu")
+    on_gpu = choose_impl("auto", q, k, v, bias, backend="gpu")
+    branches = {}
+    if on_tpu == "splash":
+        branches["tpu"] = lambda q, k, v: splash.splash_attention(
+            q, k, v, scale=scale, interpret=False
+        )
+    if on_gpu == "cudnn":
+        if cudnn_traceable():
+            branches["cuda"] = lambda q, k, v: jax.nn.dot_product_attention(
+                q, k, v, scale=scale, implementation="cudnn"
+            )
+        else:
+            _warn_once("cuDNN is not available on this host: 'auto' stages xla for CUDA")
+    if not branches:
+        return _xla(q, k, v, scale, bias)
+    return jax.lax.platform_dependent(
+        q, k, v, default=lambda q, k, v: _xla(q, k, v, scale, None), **branches
+    )
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -154,9 +196,12 @@ def dot_product_attention(
     Returns:
       [B, Tq, H, D] in q's dtype.
     """
-    impl = choose_impl(impl, q, k, v, bias)
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if impl == "auto":
+        return _auto(q, k, v, scale, bias)
     if impl == "cudnn":
         reason = _cudnn_reason(q, k, v, bias)
         if reason is None:

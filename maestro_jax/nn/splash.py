@@ -177,8 +177,13 @@ def _pad_time(x: jax.Array, length: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)))
 
 
-def _local(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
-    """Splash attention on unsharded (or per-shard) arrays: [B, T, H, D] in and out."""
+def _local(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, interpret: bool | None = None
+) -> jax.Array:
+    """Splash attention on unsharded (or per-shard) arrays: [B, T, H, D] in and out.
+
+    interpret: None, the compiled kernel on TPU and interpret mode elsewhere (chosen at
+    lowering); False, the compiled kernel only (a program lowered for TPU only)."""
     heads = q.shape[2]
     p = plan(q.shape[1], k.shape[1])
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
@@ -194,7 +199,10 @@ def _local(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Arr
 
         return f
 
-    out = jax.lax.platform_dependent(q, k, v, tpu=run(False), default=run(True))
+    if interpret is None:
+        out = jax.lax.platform_dependent(q, k, v, tpu=run(False), default=run(True))
+    else:
+        out = run(interpret)(q, k, v)
     return out.transpose(0, 2, 1, 3)[:, : p.q_len]
 
 
@@ -224,20 +232,25 @@ def _spec_entry(axes: tuple[str, ...]):
     return None if not axes else axes[0] if len(axes) == 1 else axes
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+def splash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, interpret: bool | None = None
+) -> jax.Array:
     """softmax(q k^T * scale) v by the splash kernel; q [B, Tq, H, D], k/v [B, Tk, H, D].
 
-    Call `unsupported_reason` first (`dot_product_attention` does)."""
+    interpret: None (the kernel on TPU, interpret mode elsewhere), False (the TPU kernel only:
+    for code that is lowered for TPU alone, e.g. a `platform_dependent` branch). Call
+    `unsupported_reason` first (`dot_product_attention` does)."""
     mesh = jax.sharding.get_abstract_mesh()
     sizes = {} if mesh.empty else dict(zip(mesh.axis_names, mesh.axis_sizes))
     for a in mesh.manual_axes:  # inside a shard_map: those are split already
         sizes.pop(a, None)
+    local = functools.partial(_local, scale=scale, interpret=interpret)
     if math.prod(sizes.values()) == 1:
-        return _local(q, k, v, scale=scale)
+        return local(q, k, v)
     b_axes, h_axes = mesh_axes(sizes, q.shape[0], q.shape[2])
     spec = P(_spec_entry(b_axes), None, _spec_entry(h_axes), None)
     f = jax.shard_map(
-        functools.partial(_local, scale=scale),
+        local,
         mesh=mesh,
         in_specs=(spec, spec, spec),
         out_specs=spec,
