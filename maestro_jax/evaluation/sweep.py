@@ -93,13 +93,13 @@ def base_jobs(cfg) -> list[Job]:
     return jobs
 
 
-def _label(v: Any) -> str:
+def value_label(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def value_dir(outdir: str | Path, param: str, value: Any) -> Path:
     """The folder of one swept value: OUTDIR/<param>_<value>."""
-    return Path(outdir) / re.sub(r"[^A-Za-z0-9._-]", "_", f"{param}_{_label(value)}")
+    return Path(outdir) / re.sub(r"[^A-Za-z0-9._-]", "_", f"{param}_{value_label(value)}")
 
 
 def _checkpoint_map(cfg) -> dict[str, str]:
@@ -108,7 +108,7 @@ def _checkpoint_map(cfg) -> dict[str, str]:
         k, sep, v = item.partition("=")
         if not sep:
             raise SweepError(f"config.checkpoints item {item!r} is not VALUE=FOLDER")
-        out[_label(_num(k.strip()))] = v.strip()
+        out[value_label(_num(k.strip()))] = v.strip()
     return out
 
 
@@ -130,7 +130,7 @@ def plan(cfg, require_cims: bool = True) -> list[Point]:
     values = list(cfg.param_values)
     if not values:
         raise SweepError("config.param_values is empty")
-    labels = [_label(v) for v in values]
+    labels = [value_label(v) for v in values]
     if len(set(labels)) != len(labels):
         raise SweepError(f"duplicate sweep values {labels}")
     jobs = base_jobs(cfg)
