@@ -34,6 +34,7 @@ last value writes the table (a rerun by any process completes what is missing).
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import hashlib
@@ -94,13 +95,55 @@ class Value:
 
 
 # ----------------------------------------------------------------------------- planning
+SWEPT = {"num_queries": "model.cim.num_queries", "lambda1": "lambda1"}
+
+
+def parse_overrides(cfg) -> dict[str, list[tuple[str, Any]]]:
+    """`cfg.overrides` 'VALUE:field=literal; ...' -> {value label: [(training field, value)]}:
+    settings of single values (e.g. '20:optimizer.lr=5e-5' retrains N_Q = 20 alone)."""
+    labels = [sweep_lib.value_label(v) for v in cfg.param_values]
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for item in (x.strip() for x in str(cfg.overrides).split(";") if x.strip()):
+        value, _, rest = item.partition(":")
+        field, eq, text = rest.partition("=")
+        field = field.strip().removeprefix("training.")
+        label = sweep_lib.value_label(sweep_lib._num(value.strip()))
+        if not eq or not field:
+            raise AblationError(f"config.overrides item {item!r} is not VALUE:field=value")
+        if label not in labels:
+            raise AblationError(f"config.overrides item {item!r}: {label} is not a swept value")
+        if field == SWEPT[cfg.param]:
+            raise AblationError(f"config.overrides item {item!r}: {field} is the swept field")
+        try:
+            parsed = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            parsed = text.strip()
+        out.setdefault(label, []).append((field, parsed))
+    return out
+
+
 def training_config(cfg, value: Any):
-    """The value's trainer config: `cfg.training` with the swept field set."""
+    """The value's trainer config: `cfg.training` with the swept field set and the value's
+    `overrides` applied."""
     t = copy.deepcopy(cfg.training)
     if cfg.param == "num_queries":
         t.model.cim.num_queries = int(value)
     else:
         t.lambda1 = float(value)
+    for field, v in parse_overrides(cfg).get(sweep_lib.value_label(value), []):
+        *parents, leaf = field.split(".")
+        node = t
+        try:
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(leaf)
+            node[leaf] = v
+        except (KeyError, TypeError, AttributeError) as e:
+            raise AblationError(
+                f"config.overrides: training.{field} = {v!r} for {value}: "
+                f"{'no such field' if isinstance(e, KeyError) else e}"
+            ) from None
     return t
 
 

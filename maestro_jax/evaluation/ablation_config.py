@@ -10,6 +10,7 @@ of the denoising loss, Table 1). Its config embeds
     sweep            a sweep config (`evaluation.sweep_config`: generation, evaluation, jobs,
                      reference, grid); `param`, `param_values`, `checkpoints` and `outdir` are
                      filled in per study (the values' exports, WORKDIR)
+    overrides        training settings of single values: 'VALUE:field=literal; ...'
     label_accuracy   the CIM tokens' nearest-label accuracy on held-out audio
                      (`evaluation.label_accuracy`): source 'toy' (fresh toy object sounds,
                      `per_class` per class, seed `seed`), 'dataset' (the `split` split of
@@ -81,6 +82,9 @@ def ablation_config(param: str, variant: str | None = None) -> ml_collections.Co
             c.sweep.generation.update(steps=2, n_d=1)
             c.label_accuracy.per_class = 1
     c.sweep.outdir = ""  # = --workdir
+    # Settings of single values, 'VALUE:field=literal; ...' over `training` (e.g.
+    # '20:optimizer.lr=5e-5'): only those values are trained again.
+    c.overrides = ""
     c.processes = ml_collections.ConfigDict({"mode": "mesh", "index": -1, "count": -1})
     # mode 'mesh' with several processes: jax.distributed.initialize() first (also
     # $MAESTRO_DISTRIBUTED=1 or MAESTRO_COORDINATOR / NUM_PROCESSES / PROCESS_ID)
