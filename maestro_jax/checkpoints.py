@@ -122,6 +122,19 @@ def _local_checkpointer(compress: bool = True) -> ocp.Checkpointer:
     )
 
 
+def _local_reader() -> ocp.Checkpointer:
+    """A PyTree checkpointer for `load_params` that involves only this process: orbax's default
+    waits for every process of a multi-process run, so one process loading weights alone (the
+    only one with generation jobs left, an evaluation on process 0) would wait forever."""
+    if jax.process_count() == 1:
+        return ocp.PyTreeCheckpointer()
+    me = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp
+    )
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask can only be read
     by setting it, which races with other threads creating files)."""
@@ -208,7 +221,7 @@ def load_params(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, dict]:
         raise FileNotFoundError(
             f"{path} holds no converted params (expected {path}/params from a convert.* command)"
         )
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _local_reader() as ckptr:
         if dtype is None:
             params = ckptr.restore(path / "params")
         else:

@@ -362,7 +362,8 @@ def heldout_audio(cfg):
 
 
 def label_accuracy(v: Value, cfg, audio: Callable, log: Callable) -> dict | None:
-    """The value's nearest-label accuracy (process 0; cached under the training hash)."""
+    """The value's nearest-label accuracy (cached under the training hash). Every process
+    computes it (reading weights is collective under several processes); process 0 writes."""
     from maestro_jax.evaluation import label_accuracy as la_lib
 
     if cfg.label_accuracy.source == "none":
@@ -372,17 +373,16 @@ def label_accuracy(v: Value, cfg, audio: Callable, log: Callable) -> dict | None
     old = _read(path)
     if old and old.get("key") == key:
         return old["result"]
-    res = None
+    mel, classes, labels = audio()
+    t0 = time.perf_counter()
+    res = la_lib.label_accuracy(v.train_cfg, v.export, mel, classes, labels)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
     if _lead():
-        mel, classes, labels = audio()
-        t0 = time.perf_counter()
-        res = la_lib.label_accuracy(v.train_cfg, v.export, mel, classes, labels)
-        res["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(path, {"key": key, "result": res})
-        log(f"{v.point.label}: nearest-label accuracy {res['correct']}/{res['n']} held-out "
-            f"clips (whole context {res['context']['accuracy']:.3f})")  # fmt: skip
+    log(f"{v.point.label}: nearest-label accuracy {res['correct']}/{res['n']} held-out "
+        f"clips (whole context {res['context']['accuracy']:.3f})")  # fmt: skip
     _sync(f"label_accuracy_{v.point.label}")
-    return res if res is not None else (_read(path) or {}).get("result")
+    return res
 
 
 def refresh_videos(v: Value, log: Callable) -> None:
@@ -469,7 +469,7 @@ def run(
         gen_s = time.perf_counter() - t2
         if bad:
             failed.append(label)
-        if row is not None:
+        if _lead():
             # the time of the run that made the videos (a rerun that only reuses them keeps it)
             made_s = (old or {}).get("timing", {}).get("generate_evaluate_s", round(gen_s, 1))
             row = {k: x for k, x in row.items() if k != "per_video"}

@@ -204,8 +204,11 @@ def _eval_key(sub: Path, eval_cfg, reference: str | None) -> dict:
     return {"videos": vids, "config": eval_cfg.to_json_best_effort(), "reference": reference}
 
 
-def evaluate_point(p: Point, eval_cfg, reference: str | None, log: Callable) -> dict:
-    """The evaluation of one value (reused from `metrics.json` when nothing changed)."""
+def evaluate_point(
+    p: Point, eval_cfg, reference: str | None, log: Callable, write: bool = True
+) -> dict:
+    """The evaluation of one value (reused from `metrics.json` when nothing changed; written
+    there when `write`)."""
     cache = p.subdir / "metrics.json"
     key = _eval_key(p.subdir, eval_cfg, reference) if p.subdir.is_dir() else None
     if key is not None and cache.is_file():
@@ -217,7 +220,8 @@ def evaluate_point(p: Point, eval_cfg, reference: str | None, log: Callable) -> 
         except (json.JSONDecodeError, KeyError):
             pass
     res = eval_score.evaluate_dirs([(p.label, p.subdir)], eval_cfg, reference, log)[0]
-    write_json(cache, {"key": _eval_key(p.subdir, eval_cfg, reference), "result": res})
+    if write:
+        write_json(cache, {"key": _eval_key(p.subdir, eval_cfg, reference), "result": res})
     return res
 
 
@@ -356,10 +360,10 @@ def prepare(cfg, require_cims: bool = True) -> tuple[list[Point], Any, str | Non
 
 def run_point(
     index: int, p: Point, param: str, ecfg, reference: str | None, log: Callable = print
-) -> tuple[dict | None, bool]:
+) -> tuple[dict, bool]:
     """Generate and evaluate one value: (its row, whether anything failed). With several
-    processes each generates its share of the jobs; process 0 then evaluates, the others return
-    (None, failed)."""
+    processes each generates its share of the jobs, then every process evaluates the value
+    (loading weights is collective under several processes) and process 0 writes the cache."""
     import jax
 
     from maestro_jax import distributed
@@ -374,10 +378,8 @@ def run_point(
         raise SweepError(f"{TITLES[param]} = {p.label}: {e}") from e
     failed = rc != 0
     distributed.barrier(f"sweep_generated_{param}_{p.label}")  # every share written
-    if jax.process_index() != 0:
-        return None, failed
     try:
-        res = evaluate_point(p, ecfg, reference, log)
+        res = evaluate_point(p, ecfg, reference, log, write=jax.process_index() == 0)
     except eval_videos.EvalError as e:
         log(f"error: {TITLES[param]} = {p.label} not evaluated: {e}")
         failed = True
@@ -430,7 +432,7 @@ def write_outputs(
 def run_sweep(cfg, log: Callable = print) -> dict:
     """Generate + evaluate every value, then write the table, the plots and the grid.
     Returns {'rows', 'failed', 'table', 'plots', 'grid'} (paths as strings; with several
-    processes only process 0 writes them, the others return {'rows': [], 'failed'})."""
+    processes only process 0 writes them, the others return {'rows', 'failed'})."""
     import jax
 
     points, ecfg, reference = prepare(cfg)
@@ -440,8 +442,7 @@ def run_sweep(cfg, log: Callable = print) -> dict:
         res, bad = run_point(i, p, cfg.param, ecfg, reference, log)
         if bad:
             failed.append(p.label)
-        if res is not None:
-            rows.append(res)
+        rows.append(res)
     if jax.process_index() != 0:
-        return {"rows": [], "failed": failed}
+        return {"rows": rows, "failed": failed}
     return write_outputs(cfg, points, rows, failed, log)
