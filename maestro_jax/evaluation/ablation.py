@@ -34,7 +34,6 @@ last value writes the table (a rerun by any process completes what is missing).
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import hashlib
@@ -47,13 +46,18 @@ from pathlib import Path
 from typing import Any
 
 from maestro_jax.evaluation import sweep as sweep_lib
-from maestro_jax.evaluation.ablation_config import PARAMS
+from maestro_jax.evaluation.ablation_config import (  # noqa: F401  (the study's API)
+    NOT_HASHED,
+    PARAMS,
+    AblationError,
+    check_value,
+    config_hash,
+    parse_overrides,
+    split_identity,
+    training_config,
+)
 from maestro_jax.files import write_json
 
-# training-config fields that do not shape the trained weights (cadence of logs, checkpoints
-# and sample images; the multi-process switch; the NaN test hook; the variant's name)
-NOT_HASHED = ("checkpoint", "log_every_steps", "sample", "distributed", "debug_nan_at_step",
-              "variant")  # fmt: skip
 KEEP_ON_REGENERATE = ("train", "train.json", "label_accuracy.json")
 COLUMNS = (
     ("Label acc. ↑", "label_accuracy", "accuracy", 3),
@@ -66,10 +70,6 @@ COLUMNS = (
 )
 PLOTS = {"label_accuracy": ("Label accuracy", "label_accuracy", "accuracy")}
 TAIL = 100  # training losses: mean over the last TAIL steps (batches are small and noisy)
-
-
-class AblationError(ValueError):
-    """A bad ablation config, found before any compute."""
 
 
 @dataclasses.dataclass
@@ -95,101 +95,6 @@ class Value:
 
 
 # ----------------------------------------------------------------------------- planning
-SWEPT = {"num_queries": "model.cim.num_queries", "lambda1": "lambda1"}
-
-
-def parse_overrides(cfg) -> dict[str, list[tuple[str, Any]]]:
-    """`cfg.overrides` 'VALUE:field=literal; ...' -> {value label: [(training field, value)]}:
-    settings of single values (e.g. '20:optimizer.lr=5e-5' retrains N_Q = 20 alone)."""
-    labels = [sweep_lib.value_label(v) for v in cfg.param_values]
-    out: dict[str, list[tuple[str, Any]]] = {}
-    for item in (x.strip() for x in str(cfg.overrides).split(";") if x.strip()):
-        value, _, rest = item.partition(":")
-        field, eq, text = rest.partition("=")
-        field = field.strip().removeprefix("training.")
-        label = sweep_lib.value_label(sweep_lib._num(value.strip()))
-        if not eq or not field:
-            raise AblationError(f"config.overrides item {item!r} is not VALUE:field=value")
-        if label not in labels:
-            raise AblationError(f"config.overrides item {item!r}: {label} is not a swept value")
-        if field == SWEPT[cfg.param]:
-            raise AblationError(f"config.overrides item {item!r}: {field} is the swept field")
-        try:
-            parsed = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            parsed = text.strip()
-        out.setdefault(label, []).append((field, parsed))
-    return out
-
-
-def training_config(cfg, value: Any):
-    """The value's trainer config: `cfg.training` with the swept field set and the value's
-    `overrides` applied."""
-    t = copy.deepcopy(cfg.training)
-    if cfg.param == "num_queries":
-        t.model.cim.num_queries = int(value)
-    else:
-        t.lambda1 = float(value)
-    for field, v in parse_overrides(cfg).get(sweep_lib.value_label(value), []):
-        *parents, leaf = field.split(".")
-        node = t
-        try:
-            for part in parents:
-                node = node[part]
-            if leaf not in node:
-                raise KeyError(leaf)
-            node[leaf] = v
-        except (KeyError, TypeError, AttributeError) as e:
-            raise AblationError(
-                f"config.overrides: training.{field} = {v!r} for {value}: "
-                f"{'no such field' if isinstance(e, KeyError) else e}"
-            ) from None
-    return t
-
-
-def config_hash(train_cfg, global_batch: int) -> tuple[str, dict]:
-    """(sha256 hex, the hashed dict): the trainer config without `NOT_HASHED`, and the
-    global batch (the device count is not in the config)."""
-    d = json.loads(train_cfg.to_json_best_effort())
-    d = {k: v for k, v in d.items() if k not in NOT_HASHED}
-    d["global_batch"] = int(global_batch)
-    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16], d
-
-
-def _check_value(cfg, v: Any) -> None:
-    what = f"config.param_values: {v!r}"
-    if cfg.param == "num_queries" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-        raise AblationError(f"{what}: N_Q must be an integer >= 1")
-    if cfg.param == "lambda1" and (
-        isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0
-    ):
-        raise AblationError(f"{what}: lambda1 must be a number in [0, 1]")
-
-
-def split_identity(cfg) -> tuple[int, int]:
-    """(index, count) of this process under processes.mode 'split' (see the config)."""
-    env = os.environ
-
-    def pick(field: str, names: tuple[str, ...], default: int) -> int:
-        v = int(cfg.processes[field])
-        if v >= 0:
-            return v
-        for n in names:
-            if env.get(n, "").strip():
-                try:
-                    return int(env[n])
-                except ValueError:
-                    raise AblationError(f"${n}={env[n]!r} is not an integer") from None
-        return default
-
-    count = pick("count", ("MAESTRO_NUM_PROCESSES", "SLURM_NTASKS"), 1)
-    index = pick("index", ("MAESTRO_PROCESS_ID", "SLURM_PROCID"), 0)
-    if count < 1 or not 0 <= index < count:
-        raise AblationError(f"processes: index {index} is not in [0, count = {count})")
-    return index, count
-
-
 def sweep_of(cfg, workdir: str | os.PathLike):
     """The study's sweep config: `cfg.sweep` over the values, CIMs = the values' exports."""
     s = copy.deepcopy(cfg.sweep)
@@ -223,7 +128,7 @@ def check(cfg, workdir: str | os.PathLike) -> tuple[list[Value], Any, Any, str |
     if not values:
         raise AblationError("config.param_values is empty")
     for v in values:
-        _check_value(cfg, v)
+        check_value(cfg, v)
     labels = [sweep_lib.value_label(v) for v in values]
     if len(set(labels)) != len(labels):
         raise AblationError(f"config.param_values: duplicate values {labels}")
