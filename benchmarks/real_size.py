@@ -2,8 +2,16 @@
 
     python benchmarks/real_size.py --out /scratch/rs \
         --vc2_ckpt model.ckpt --imagebind_pth imagebind_huge.pth --cim_pth perceiver.pth \
-        [--bpe bpe_simple_vocab_16e6.txt.gz] \
+        [--bpe bpe_simple_vocab_16e6.txt.gz] [--generate --audio dog.wav --audio cat.wav] \
         [--command 'generate=python -m maestro_jax.generate --config.checkpoint={out}/vc2 ...']
+
+`--generate` adds the generation rows of the README's "Real weights" table, on the folders
+converted into --out (OUT/vc2 with its stored CLIP vocabulary, OUT/imagebind, OUT/cim): Maestro
+with the two --audio sources (LR boxes), 16 frames at 192x320 and at 320x512, and text-to-video
+at 320x512, each with `--generate_steps` DDIM steps (N_D = 1: both phases run) and no persistent
+compilation cache (so compile time is measured); `--generate_flags` is appended to each (e.g.
+`--config.dtype=bfloat16`). The generate rows print their own load / compile / per-step /
+decode seconds (`timing:` lines), which the table shows.
 
 Each command runs in its own child process (so its peak is its own), one after another, in the
 order: convert.videocrafter (into OUT/vc2), convert.imagebind with audio, vision and text (OUT/
@@ -28,8 +36,9 @@ from pathlib import Path
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(REPO / "benchmarks"))
+for _p in (REPO, REPO / "benchmarks"):  # this checkout's package and benchmark helpers
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from peak_rss import GB, format_table, run_measured  # noqa: E402
 
@@ -45,6 +54,31 @@ _PY = flags.DEFINE_string("python", sys.executable, "interpreter for the convert
 _CWD = flags.DEFINE_string("repo", str(REPO), "folder the commands run in (a checkout)")
 _MAX = flags.DEFINE_float("max_rss_gb", None, "stop a command whose RSS passes this many GB")
 _JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file")
+_GENERATE = flags.DEFINE_bool("generate", False, "add the README's generation rows")
+_AUDIO = flags.DEFINE_multi_string("audio", [], "the Maestro rows' sources (two files)")
+_STEPS = flags.DEFINE_integer("generate_steps", 2, "DDIM steps of the generation rows")
+_GEN_FLAGS = flags.DEFINE_string("generate_flags", "", "appended to every generation row")
+
+
+def generate_rows(audio: list[str], steps: int, extra: str) -> list[str]:
+    """NAME=SHELLCMD items of the generation rows (see the module docstring)."""
+    if len(audio) != 2:
+        raise app.UsageError("--generate wants two --audio files")
+    common = (
+        "--config.checkpoint={out}/vc2 --config.imagebind_checkpoint={out}/imagebind "
+        f"--config.cim_checkpoint={{out}}/cim --config.steps={steps} --config.n_d=1 "
+        f"--config.compilation_cache= {extra}"
+    ).strip()
+    stems = " ".join(f"--audio {shlex.quote(a)}" for a in audio) + " --boxes LR"
+    gen = "{python} -m maestro_jax.generate"
+    return [
+        f"maestro_192x320={gen} --config=configs/generate.py {common} --config.height=192 "
+        f"--config.width=320 {stems} --outdir {{out}}/generated/maestro_192x320",
+        f"maestro_320x512={gen} --config=configs/generate.py {common} {stems} "
+        "--outdir {out}/generated/maestro_320x512",
+        f"t2v_320x512={gen} --config=configs/t2v.py {common} --prompt 'a dog barking' "
+        "--outdir {out}/generated/t2v_320x512",
+    ]
 
 
 def commands(
@@ -81,10 +115,13 @@ def main(argv: list[str]) -> int:
     if not _OUT.value:
         raise app.UsageError("--out is required")
     out = Path(_OUT.value).absolute()
-    rows = commands(out, _PY.value, _VC2.value, _IB.value, _CIM.value, _BPE.value, _CMD.value)
+    extra = list(_CMD.value)
+    if _GENERATE.value:
+        extra = generate_rows(_AUDIO.value, _STEPS.value, _GEN_FLAGS.value) + extra
+    rows = commands(out, _PY.value, _VC2.value, _IB.value, _CIM.value, _BPE.value, extra)
     if not rows:
         raise app.UsageError(
-            "nothing to run: give --vc2_ckpt, --imagebind_pth, --cim_pth or --command"
+            "nothing to run: give --vc2_ckpt, --imagebind_pth, --cim_pth, --generate or --command"
         )
     (out / ".logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))

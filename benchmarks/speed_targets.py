@@ -130,7 +130,6 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
     import jax
     import jax.numpy as jnp
 
-    from maestro_jax.diffusion import Schedule
     from maestro_jax.generation import models as gen_models
     from maestro_jax.models import clip_text as ct
     from maestro_jax.models.tokenizer import HashTokenizer
@@ -175,17 +174,9 @@ def build_models(args: argparse.Namespace, size: dict) -> tuple[Any, dict]:
     jax.block_until_ready((unet_p, vae_p))
     n_unet = sum(int(x.size) for x in jax.tree.leaves(unet_p))
     n_vae = sum(int(x.size) for x in jax.tree.leaves(vae_p))
-    models = gen_models.Models(
-        unet_cfg,
-        unet_p,
-        vae_cfg,
-        vae_p,
-        text_cfg,
-        text_p,
-        HashTokenizer(),
-        Schedule.vc2(),
-        random=True,
-    )
+    spec = gen_models.ModelSpec(unet_cfg, vae_cfg, text_cfg, random=True)
+    params = {"unet": unet_p, "vae": vae_p, "text": text_p}
+    models = gen_models.Models(spec, params, HashTokenizer())
     info = {
         "unet_params_m": n_unet / 1e6,
         "vae_params_m": n_vae / 1e6,
@@ -263,7 +254,7 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
 
     # ---- one Maestro job: N_A = 2 random audio sources, LR boxes, mosaic on, N_D = 6
     spec = sampling.VideoSpec(size["frames"], size["height"], size["width"])
-    d = models.context_width
+    d = models.spec.context_width
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.standard_normal((2, 2, size["n_q"], d)).astype(np.float32))
     loc_boxes, mos_boxes = mosaic.preset("LR")
@@ -323,8 +314,8 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
 
     # ---- single UNet calls: the CFG step (batch 2 with the Mosaic edit) and plain forwards
     if not args.skip_forwards:
-        unet = UNet(models.unet_config)
-        f_, (h, w) = spec.num_frames, spec.latent_hw(models)
+        unet = UNet(models.spec.unet)
+        f_, (h, w) = spec.num_frames, spec.latent_hw(models.spec)
         null_f = job.null_f
         x1 = jax.random.normal(jax.random.key(1), (1, f_, h, w, 4), jnp.float32)
         x2 = jnp.concatenate([x1, x1])
@@ -352,13 +343,13 @@ def run_sample_phase(args: argparse.Namespace, out_json: Path | None) -> dict:
                 for k in acc:
                     acc[k] = 0.0
                 t0 = time.perf_counter()
-                compiled = jax.jit(fwd).lower(models.unet_params, x, ctx, edit).compile()
+                compiled = jax.jit(fwd).lower(models.params["unet"], x, ctx, edit).compile()
                 wall = time.perf_counter() - t0
-                jax.block_until_ready(compiled(models.unet_params, x, ctx, edit))
+                jax.block_until_ready(compiled(models.params["unet"], x, ctx, edit))
                 ts = []
                 for _ in range(args.fwd_iters):
                     t0 = time.perf_counter()
-                    jax.block_until_ready(compiled(models.unet_params, x, ctx, edit))
+                    jax.block_until_ready(compiled(models.params["unet"], x, ctx, edit))
                     ts.append(time.perf_counter() - t0)
                 res[name] = {
                     "ms": 1e3 * statistics.median(ts),

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=None, help="latent width (default 64; tiny 16)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context-len", type=int, default=77)
-    ap.add_argument("--attn-impl", choices=("xla", "cudnn", "splash"), default="xla")
+    ap.add_argument("--attn-impl", choices=("xla", "cudnn", "splash", "auto"), default="xla")
     ap.add_argument("--remat", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from maestro_jax.files import replace_dir
+from maestro_jax.files import default_mode, replace_dir
 
 CONFIG_FILE = "config.json"
 
@@ -123,9 +123,10 @@ def _local_checkpointer(compress: bool = True) -> ocp.Checkpointer:
 
 
 def _local_reader() -> ocp.Checkpointer:
-    """A PyTree checkpointer for `load_params` that involves only this process: orbax's default
-    waits for every process of a multi-process run, so one process loading weights alone (the
-    only one with generation jobs left, an evaluation on process 0) would wait forever."""
+    """A PyTree checkpointer for the readers below that involves only this process: orbax's
+    default waits for every process of a multi-process run, so one process loading weights
+    alone (the only one with generation jobs left, an evaluation on process 0) would wait
+    forever."""
     if jax.process_count() == 1:
         return ocp.PyTreeCheckpointer()
     me = jax.process_index()
@@ -135,31 +136,16 @@ def _local_reader() -> ocp.Checkpointer:
     )
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask can only be read
-    by setting it, which races with other threads creating files)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _fix_modes(root: Path) -> None:
     """Give every folder and file under `root` the modes the umask allows (0777/0666 & ~umask):
     some writers (orbax's own temporary folders) create them private."""
-    mask = _umask()
+    folder_mode, file_mode = default_mode(folder=True), default_mode()
     for dirpath, _, files in os.walk(root):
-        os.chmod(dirpath, 0o777 & ~mask)
+        os.chmod(dirpath, folder_mode)
         for f in files:
             p = os.path.join(dirpath, f)
             if not os.path.islink(p):
-                os.chmod(p, 0o666 & ~mask)
+                os.chmod(p, file_mode)
 
 
 def save_params(
@@ -194,19 +180,46 @@ def save_params(
     return path
 
 
-def _restore_args(ckptr: ocp.Checkpointer, params_dir: Path, dtype: Any) -> Any:
-    """RestoreArgs that read every floating leaf as `dtype` (tensorstore casts while reading, so
-    no float32 copy of the tree is made) and every other leaf as stored."""
+def _is_array_meta(x: Any) -> bool:
+    return isinstance(x, ocp.metadata.ArrayMetadata)
+
+
+def _metadata_tree(ckptr: ocp.Checkpointer, params_dir: Path) -> Any:
+    """The saved tree of ArrayMetadata (shapes and dtypes; no array is read)."""
     meta = ckptr.metadata(params_dir)
     tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    dtype = np.dtype(dtype)
+    return getattr(tree, "tree", tree)
+
+
+def _restore_args(tree: Any, dtype: Any) -> Any:
+    """RestoreArgs that read every floating leaf as `dtype` (tensorstore casts while reading, so
+    no float32 copy of the tree is made; None keeps the stored dtypes) and every other leaf as
+    stored."""
+    dtype = None if dtype is None else np.dtype(dtype)
 
     def args(m):
-        cast = dtype if jax.numpy.issubdtype(m.dtype, jax.numpy.floating) else None
-        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast)
+        floating = jax.numpy.issubdtype(m.dtype, jax.numpy.floating)
+        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype if floating else None)
 
-    return jax.tree.map(args, tree, is_leaf=lambda x: isinstance(x, ocp.metadata.ArrayMetadata))
+    return jax.tree.map(args, tree, is_leaf=_is_array_meta)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A params folder's `config.json` ({} when it has none); no array is read."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).exists():
+        return {}
+    with open(path / CONFIG_FILE) as f:
+        return json.load(f)
+
+
+def _params_dir(path: str | os.PathLike) -> Path:
+    path = Path(path).absolute()
+    if not (path / "params").exists():
+        raise FileNotFoundError(
+            f"{path} holds no converted params (expected {path}/params from a convert.* command)"
+        )
+    return path / "params"
 
 
 def load_params(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, dict]:
@@ -216,19 +229,71 @@ def load_params(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, dict]:
       dtype: None keeps the stored dtypes; otherwise floating leaves are read as this dtype
         (e.g. "bfloat16"), cast while reading.
     """
-    path = Path(path).absolute()
-    if not (path / "params").exists():
-        raise FileNotFoundError(
-            f"{path} holds no converted params (expected {path}/params from a convert.* command)"
-        )
+    params_dir = _params_dir(path)
     with _local_reader() as ckptr:
         if dtype is None:
-            params = ckptr.restore(path / "params")
+            params = ckptr.restore(params_dir)
         else:
-            ra = _restore_args(ckptr, path / "params", dtype)
-            params = ckptr.restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=ra))
-    cfg = {}
-    if (path / CONFIG_FILE).exists():
-        with open(path / CONFIG_FILE) as f:
-            cfg = json.load(f)
-    return params, cfg
+            ra = _restore_args(_metadata_tree(ckptr, params_dir), dtype)
+            params = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=ra))
+    return params, read_config(params_dir.parent)
+
+
+def params_keys(path: str | os.PathLike) -> list[str]:
+    """The top-level entries of a params folder, from its metadata (no array is read)."""
+    with _local_reader() as ckptr:
+        return list(_metadata_tree(ckptr, _params_dir(path)))
+
+
+def load_params_on_device(
+    path: str | os.PathLike,
+    dtype: Any = None,
+    *,
+    keys: tuple[str, ...] | None = None,
+    group_bytes: int = 1 << 29,
+) -> tuple[dict, dict]:
+    """Read a `save_params` folder into device arrays (default device, uncommitted): (params,
+    config dict), keeping one copy of the weights.
+
+    Only the top-level entries `keys` are read (all by default; e.g. `("audio",)` of an
+    ImageBind folder that holds every modality). Entries are read in groups of about
+    `group_bytes` as stored, each group's floating leaves cast to `dtype` while reading and put on
+    the device before the next group is read, so the host never holds more than the weights plus
+    one group in transit; freed heap pages are handed back to the system at the end.
+    """
+    params_dir = _params_dir(path)
+    out: dict = {}
+    with _local_reader() as ckptr:
+        tree = _metadata_tree(ckptr, params_dir)
+        missing = [k for k in keys or () if k not in tree]
+        if missing:
+            raise ValueError(f"{path} holds no {missing} (it has {sorted(tree)})")
+        groups: list[list[str]] = [[]]
+        size = 0
+        for k in keys or list(tree):
+            n = sum(m.dtype.itemsize * int(np.prod(m.shape))
+                    for m in jax.tree.leaves(tree[k], is_leaf=_is_array_meta))  # fmt: skip
+            if groups[-1] and size + n > group_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(k)
+            size += n
+        for group in groups:
+            item = {k: tree[k] for k in group}
+            args = ocp.args.PyTreeRestore(
+                item=item, restore_args=_restore_args(item, dtype), partial_restore=True
+            )
+            out.update(jax.device_put(ckptr.restore(params_dir, args=args)))
+    release_host_memory()
+    return out, read_config(params_dir.parent)
+
+
+def release_host_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc keeps them, and a
+    resident-memory peak counts them); a no-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -18,10 +18,28 @@ from typing import Any
 import numpy as np
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only be read
+    by setting it, which races with other threads creating files)."""
+    from maestro_jax.procfs import proc_field
+
+    value = proc_field("/proc/self/status", "Umask")
+    if value is not None:
+        return int(value, 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """0777 (folders) or 0666 (files) less the umask: what `mkdir` / `open` would give."""
+    return (0o777 if folder else 0o666) & ~umask()
+
+
+def chmod_default(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give `path` the mode a plain `open` (or `mkdir`) would have given it (tempfile's mkstemp
+    makes 0600 files and mkdtemp 0700 folders whatever the umask)."""
+    os.chmod(path, default_mode(folder))
 
 
 @contextlib.contextmanager
@@ -36,7 +54,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     )
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())
+    chmod_default(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,5 +1,6 @@
 """One VideoCrafter2-style checkpoint (UNet + VAE + text tower + schedule) -> the folder that
-`pipeline.load_models` reads; built from the three fixtures' original state dicts."""
+generation reads (`generation.weights` checks it, `runner.build_models` loads it); built from the
+three fixtures' original state dicts."""
 
 import json
 
@@ -11,8 +12,11 @@ from convert.common import ConversionError, flatten
 from convert.videocrafter import convert_videocrafter
 from maestro_jax.checkpoints import load_params
 from maestro_jax.diffusion import Schedule
+from maestro_jax.generation import config as gen_config
 from maestro_jax.generation import models as gen_models
+from maestro_jax.generation import runner as gen
 from maestro_jax.generation import sampling
+from maestro_jax.generation import weights as gen_weights
 from maestro_jax.models import clip_text as ct
 from maestro_jax.models.unet import UNetConfig
 from maestro_jax.models.vae import VAEConfig
@@ -46,13 +50,20 @@ def test_convert_and_load(parts, tmp_path):
     assert any("temporal_conv" in k for k in got), list(got)[:5]
 
 
+def _cfg(out, bpe=None, dtype="float32"):
+    cfg = gen_config.get_config()
+    cfg.checkpoint, cfg.bpe_path, cfg.dtype = str(out), str(bpe or ""), dtype
+    return cfg
+
+
 def test_load_models_reads_the_folder(parts, tmp_path, fixtures_dir):
     sd, unet, vae, text = parts
     out = convert_videocrafter(sd, tmp_path / "vc2", unet, vae, text)
     bpe = fixtures_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-    m = gen_models.load_models(out, dtype="float32", bpe_path=str(bpe))
-    assert m.unet_config.model_channels == unet.model_channels
-    assert m.vae_config.ch == vae.ch and m.text_config.width == text.width
+    m = gen.build_models(_cfg(out, bpe), need_audio=False)
+    assert m.spec.unet.model_channels == unet.model_channels
+    assert m.spec.vae.ch == vae.ch and m.spec.text.width == text.width
+    assert m.audio is None and m.separator is None
     emb = np.asarray(gen_models.null_context(m))
     assert emb.shape == (77, text.width) and np.isfinite(emb).all()
 
@@ -73,9 +84,8 @@ def test_stray_or_bad_keys_are_named(parts, tmp_path):
 def test_frames_must_match_the_checkpoint(parts, tmp_path, fixtures_dir):
     sd, unet, vae, text = parts
     out = convert_videocrafter(sd, tmp_path / "vc2", unet, vae, text, trained_frames=4)
-    bpe = fixtures_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
-    m = gen_models.load_models(out, dtype="float32", bpe_path=str(bpe))
-    assert m.trained_frames == 4
-    sampling.VideoSpec(4, 32, 32).check(m)
+    spec = gen_weights.base_spec(_cfg(out))  # the folder's configs: no weight is read
+    assert spec.trained_frames == 4
+    sampling.VideoSpec(4, 32, 32).check(spec)
     with pytest.raises(ValueError, match="do not match the checkpoint, which was trained with 4"):
-        sampling.VideoSpec(16, 32, 32).check(m)
+        sampling.VideoSpec(16, 32, 32).check(spec)

@@ -78,11 +78,12 @@ def test_cli_two_real_stems_lr(tmp_path, audio_dir, jax_cache):
 def test_cli_bad_input_fails_before_compute(tmp_path, audio_dir, jax_cache, extra, needle):
     stems = [] if "NOPE.wav" in extra else ["--audio", str(audio_dir / "dog.wav"),
                                             "--audio", str(audio_dir / "cat.wav")]  # fmt: skip
+    out = tmp_path / "out"
     r = _cli(["--config=configs/generate.py:runlocal", *stems, *extra,
-              "--outdir", str(tmp_path)], jax_cache, timeout=120)  # fmt: skip
+              "--outdir", str(out)], jax_cache, timeout=120)  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]
     assert needle in r.stderr
-    assert not list(tmp_path.glob("*.mp4"))
+    assert not out.exists()  # a run that failed before writing anything leaves no folder
 
 
 def test_too_many_sources_is_a_clear_error(cfg, audio_dir, tmp_path):
@@ -177,7 +178,7 @@ def test_batched_sharded_equals_one_by_one(cfg, audio_dir, cpu_mesh):
 
 
 def test_mixture_job_separates_first(cfg, audio_dir, tmp_path):
-
+    """Separation first; every folder and file written gets the modes the umask allows."""
     mix, sr = sampling.mixture_of(
         [load_audio(audio_dir / "dog.wav"), load_audio(audio_dir / "cat.wav")]
     )
@@ -186,8 +187,16 @@ def test_mixture_job_separates_first(cfg, audio_dir, tmp_path):
     sf.write(tmp_path / "mix.wav", mix.T, sr)
     job = Job(name="m", mixture=str(tmp_path / "mix.wav"), queries=["dog barking", "cat meowing"],
               boxes="LR")  # fmt: skip
-    out = tmp_path / "o"
-    assert gen.run(cfg, [job], out, strict=True) == 0
+    out = tmp_path / "new" / "o"
+    old = os.umask(0o027)
+    try:
+        assert gen.run(cfg, [job], out, strict=True) == 0
+    finally:
+        os.umask(old)
+    made = [out.parent, out, *out.rglob("*")]
+    assert len(made) == 2 + 4 + 2  # mp4, png, json, stems/ + two stems
+    for p in made:
+        assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
     stems = sorted((out / "m_stems").glob("*.wav"))
     assert [p.name for p in stems] == ["00_dog_barking.wav", "01_cat_meowing.wav"]
     w, ssr = load_audio(stems[0])

@@ -108,3 +108,21 @@ def test_attention_matches_float64_and_dispatcher_fallback():
 
 def test_mesh_has_8_devices(cpu_mesh):
     assert cpu_mesh.shape == {"data": 4, "fsdp": 2}
+
+
+def test_chunked_attention_equals_xla(monkeypatch):
+    """'chunked' takes the queries a few rows at a time past its logits budget (with a per-query
+    bias chunked alongside, a broadcast one kept whole, and under vmap); below it, it is 'xla'."""
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+               for s in ((2, 96, 3, 8), (2, 50, 3, 8), (2, 50, 3, 8)))  # fmt: skip
+    bias = jnp.asarray(rng.standard_normal((2, 1, 96, 50)), jnp.float32)
+    same = attn.dot_product_attention(q, k, v, impl="chunked")
+    np.testing.assert_array_equal(same, attn.dot_product_attention(q, k, v, impl="xla"))
+    monkeypatch.setattr(attn, "CHUNK_LOGITS_BYTES", 4 * 2 * 3 * 50 * 10)  # 10 rows: chunks of 8
+    for b in (None, bias, bias[:, :, :1]):
+        ref = attn.dot_product_attention(q, k, v, bias=b, impl="xla")
+        got = attn.dot_product_attention(q, k, v, bias=b, impl="chunked")
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+    f = jax.vmap(lambda q1: attn.dot_product_attention(q1, k, v, impl="chunked"))
+    np.testing.assert_allclose(f(q[None])[0], attn.dot_product_attention(q, k, v), atol=2e-6)

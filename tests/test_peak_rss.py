@@ -44,3 +44,32 @@ def test_run_measured_and_table(peak_rss, tmp_path):
     table = peak_rss.format_table([ok, bad, killed]).splitlines()
     assert table[0].startswith("| command | peak RSS (GB) | wall (s) | written (GB) | status |")
     assert len(table) == 5 and table[2].startswith("| alloc | 0.2") and "exit 3" in table[3]
+
+
+def test_shell_peak_and_timing_lines(peak_rss, tmp_path):
+    """A `sh -c` command stopped by the watchdog still reports the RSS it reached (sampled over
+    its process group), and `timing: {json}` lines become table columns."""
+    code = "buf = bytearray(300_000_000); buf[::4096] = b'x' * len(buf[::4096]); import time; " \
+        "time.sleep(60)"  # fmt: skip
+    stopped = peak_rss.run_measured(
+        "sh", f'{sys.executable} -c "{code}"; true', max_rss_bytes=200_000_000
+    )
+    assert stopped.status.startswith("stopped") and stopped.peak_rss_bytes >= 200_000_000
+    log = tmp_path / "t.log"
+    timed = peak_rss.run_measured(
+        "timed", 'echo \'timing: {"compile_s": 12.5, "s_per_step": 3.25}\'', log_path=log
+    )
+    assert timed.timing == {"compile_s": 12.5, "s_per_step": 3.25}
+    table = peak_rss.format_table([timed, stopped]).splitlines()
+    assert table[0].endswith("| compile (s) | s / DDIM step |")
+    assert table[2].endswith("| 12.5 | 3.2 |") and table[3].endswith("| | |")
+
+
+def test_peak_is_the_childs_own(peak_rss):
+    """Linux starts a child's ru_maxrss at its parent's peak: a small child of a big process
+    still reports its own size."""
+    big = bytearray(400_000_000)
+    big[::4096] = b"x" * len(big[::4096])
+    small = peak_rss.run_measured("small", [sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert 0 < small.peak_rss_bytes < 100_000_000
+    del big

@@ -27,12 +27,13 @@ def setup(audio_dir):
 def _reference(m, job, settings):
     """Two lax.scans split at a static N_D (ddim_sample's phase functions)."""
     fns = tuple(
-        sampling._unet_fn(m, m.unet_params, settings.fps, e) for e in (job.locate, job.mosaic)
+        sampling._unet_fn(m.spec.unet, m.params["unet"], settings.fps, e)
+        for e in (job.locate, job.mosaic)
     )
     return ddim_sample(
         fns, job.x_T, cond={"context": job.c_merge[None]}, uncond={"context": job.null_f[None]},
         steps=settings.steps, eta=settings.eta, guidance=settings.guidance,
-        schedule=m.schedule, key=job.key, n_switch=settings.n_d,
+        schedule=m.spec.schedule, key=job.key, n_switch=settings.n_d,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from maestro_jax import audio as audio_lib
-from maestro_jax.checkpoints import load_params
+from maestro_jax.checkpoints import load_params_on_device, params_keys, read_config
 from maestro_jax.models.cim import CIM, CIMConfig
 from maestro_jax.models.imagebind import ImageBindAudio, ImageBindConfig, imagebind_huge
 from maestro_jax.nn.random_init import random_init
@@ -77,17 +77,39 @@ def init_random(ib_config: ImageBindConfig, cim_config: CIMConfig, seed: int = 0
     return AudioEncoder(ib_config, ib, cim_config, cim)
 
 
+def imagebind_config(meta: dict, dtype: Any = jnp.float32) -> ImageBindConfig:
+    """The ImageBind config of a `convert.imagebind` folder's config.json, computing in `dtype`."""
+    return _dataclass_from(ImageBindConfig, meta.get("imagebind", meta.get("config", {})),
+                           dtype=dtype)  # fmt: skip
+
+
+def cim_config(meta: dict, dtype: Any = jnp.float32) -> CIMConfig:
+    """The CIM config of a `convert.cim` (or CIM training export) folder's config.json."""
+    return _dataclass_from(CIMConfig, meta.get("cim", meta.get("config", {})), dtype=dtype)
+
+
+def load_imagebind_audio(imagebind_dir: str | Path, dtype: Any = None) -> Any:
+    """The audio trunk's params alone, on the device (floating leaves in `dtype`; None keeps
+    them as stored): of a folder holding several modalities only `audio` is read; a folder of the
+    audio params themselves is read whole."""
+    if "audio" in params_keys(imagebind_dir):
+        return load_params_on_device(imagebind_dir, dtype, keys=("audio",))[0]["audio"]
+    return load_params_on_device(imagebind_dir, dtype)[0]
+
+
+def load_cim(cim_dir: str | Path, dtype: Any = None) -> Any:
+    """The CIM's params, on the device (floating leaves in `dtype`; None keeps them)."""
+    return load_params_on_device(cim_dir, dtype)[0]
+
+
 def load(imagebind_dir: str | Path, cim_dir: str | Path, dtype: Any = jnp.float32) -> AudioEncoder:
-    """From folders written by `python -m convert.imagebind` and `python -m convert.cim`."""
-    ib_params, ib_meta = load_params(imagebind_dir)
-    if "audio" in ib_params:
-        ib_params = ib_params["audio"]
-    cim_params, cim_meta = load_params(cim_dir)
-    ib_cfg_d = ib_meta.get("imagebind", ib_meta.get("config", {}))
-    cim_cfg_d = cim_meta.get("cim", cim_meta.get("config", {}))
-    ib_cfg = _dataclass_from(ImageBindConfig, ib_cfg_d, dtype=dtype)
-    cim_cfg = _dataclass_from(CIMConfig, cim_cfg_d, dtype=dtype)
-    return AudioEncoder(ib_cfg, ib_params, cim_cfg, cim_params)
+    """From folders written by `python -m convert.imagebind` and `python -m convert.cim`: the
+    ImageBind audio trunk alone (other modalities stay on disk) and the CIM, on the device with
+    their weights in the compute dtype `dtype`."""
+    ib_cfg = imagebind_config(read_config(imagebind_dir), dtype)
+    cim_cfg = cim_config(read_config(cim_dir), dtype)
+    ib_params = load_imagebind_audio(imagebind_dir, dtype)
+    return AudioEncoder(ib_cfg, ib_params, cim_cfg, load_cim(cim_dir, dtype))
 
 
 def _dataclass_from(cls, d: dict, **overrides):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maestro_jax.files import chmod_default
+
 SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".au", ".w64", ".caf"}
 
 
@@ -274,6 +276,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    chmod_default(tmp)  # mkstemp makes 0600: the file gets the mode the umask allows
     try:
         sf.write(tmp, np.ascontiguousarray(audio.T), int(sr), subtype=subtype, format="WAV")
         os.replace(tmp, path)

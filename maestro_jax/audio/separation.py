@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from maestro_jax.checkpoints import load_params
+from maestro_jax.files import chmod_default
 from maestro_jax.models.audiosep import ResUNet30, chunked_apply
 from maestro_jax.models.clap_text import (
     ClapTextConfig,
@@ -197,6 +198,7 @@ def write_wav_atomic(path: Path, audio: np.ndarray, sr: int) -> None:
     pcm = np.clip(np.round(np.asarray(audio, np.float64) * 32767), -32768, 32767).astype(np.int16)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wav", dir=path.parent)
     os.close(fd)
+    chmod_default(tmp)  # mkstemp makes 0600
     try:
         sf.write(tmp, pcm, sr, subtype="PCM_16")
         os.replace(tmp, path)

@@ -59,6 +59,8 @@ from maestro_jax.evaluation.ablation_config import (  # noqa: F401  (the study's
 from maestro_jax.files import write_json
 
 KEEP_ON_REGENERATE = ("train", "train.json", "label_accuracy.json")
+# generation fields that decide how a run goes, not what it makes (not in the videos' hash)
+RUN_ONLY = ("compilation_cache", "outdir", "batch_size", "frame_chunk", "attn_impl")
 COLUMNS = (
     ("Label acc. ↑", "label_accuracy", "accuracy", 3),
     ("Context acc.", "label_accuracy", "context_accuracy", 3),
@@ -294,8 +296,9 @@ def refresh_videos(v: Value, log: Callable) -> None:
     """Clear the value's videos when what made them (CIM, generation config, jobs) changed."""
     p = v.point
     jobs = [dataclasses.asdict(j) for j in p.jobs]
-    made = {"train": v.hash, "generation": json.loads(p.gen_cfg.to_json_best_effort()),
-            "jobs": jobs}  # fmt: skip
+    gen = json.loads(p.gen_cfg.to_json_best_effort())
+    gen = {k: x for k, x in gen.items() if k not in RUN_ONLY}
+    made = {"train": v.hash, "generation": gen, "jobs": jobs}
     key = hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = v.dir / "generation.json"
     old = _read(path)

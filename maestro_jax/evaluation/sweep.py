@@ -359,11 +359,18 @@ def prepare(cfg, require_cims: bool = True) -> tuple[list[Point], Any, str | Non
 
 
 def run_point(
-    index: int, p: Point, param: str, ecfg, reference: str | None, log: Callable = print
+    index: int,
+    p: Point,
+    param: str,
+    ecfg,
+    reference: str | None,
+    log: Callable = print,
+    pool: Any = None,
 ) -> tuple[dict, bool]:
     """Generate and evaluate one value: (its row, whether anything failed). With several
     processes each generates its share of the jobs, then every process evaluates the value
-    (loading weights is collective under several processes) and process 0 writes the cache."""
+    and process 0 writes the cache. `pool`: the `generation.runner.ModelPool` that holds the
+    weights across values (None: this value's run loads and releases its own)."""
     import jax
 
     from maestro_jax import distributed
@@ -373,7 +380,7 @@ def run_point(
     if p.make_tiny_cim and not (Path(p.cim) / "params").exists():
         write_tiny_cim(Path(p.cim), int(p.gen_cfg.num_queries), seed=100 + index)
     try:
-        rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False)
+        rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False, pool=pool)
     except gen.InputError as e:
         raise SweepError(f"{TITLES[param]} = {p.label}: {e}") from e
     failed = rc != 0
@@ -435,11 +442,14 @@ def run_sweep(cfg, log: Callable = print) -> dict:
     processes only process 0 writes them, the others return {'rows', 'failed'})."""
     import jax
 
+    from maestro_jax.generation import runner as gen
+
     points, ecfg, reference = prepare(cfg)
     Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
+    pool = gen.ModelPool()  # every value's run shares the weights (loaded once)
     for i, p in enumerate(points):
-        res, bad = run_point(i, p, cfg.param, ecfg, reference, log)
+        res, bad = run_point(i, p, cfg.param, ecfg, reference, log, pool)
         if bad:
             failed.append(p.label)
         rows.append(res)

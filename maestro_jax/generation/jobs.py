@@ -22,6 +22,10 @@ class JobError(ValueError):
     """A job is malformed; the message names the job and the problem."""
 
 
+class InputError(ValueError):
+    """Bad input found before any compute (a flag, a file, a folder); the message names it."""
+
+
 @dataclasses.dataclass
 class Job:
     """One generation request. Exactly one of `audio` (stems) or `mixture`+`queries`, or `prompt`

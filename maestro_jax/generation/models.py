@@ -1,15 +1,25 @@
 """The networks of one generation run: VideoCrafter2 (3D UNet, VAE, OpenCLIP text), the audio
 encoder (ImageBind audio trunk + CIM) and, for mixtures, the separator.
 
-`Models` holds every network's config and params: real weights converted by `convert.*`
-(`load_models`), or tiny random ones for CPU runs (`init_random_models`).
+A run's networks are two things kept apart:
+
+- `ModelSpec`: every config (frozen and hashable, no arrays), so the jitted samplers take it as
+  a static argument and jit's own cache reuses one compile for equal specs;
+- `Models`: a spec, its `params` (a dict pytree of device arrays in the compute dtype, one copy:
+  `unet`, `vae` (the decoder half), `text`, and with audio `imagebind_audio`, `cim`), the text
+  tokenizer (a host object) and, for mixture jobs, the separator (its own config and weights).
+
+No module here caches anything: whoever builds `Models` holds the weights, and they go when it
+lets go of them. Real weights come from folders converted by `convert.*` (`load_models`, after
+`generation.weights` checked them and read the spec from their config files); tiny random ones
+from `init_random_models`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,40 +27,99 @@ import jax.numpy as jnp
 import numpy as np
 
 from maestro_jax.audio import encoder as ae
-from maestro_jax.audio.separation import init_random_separator
-from maestro_jax.checkpoints import load_params
+from maestro_jax.audio.separation import Separator, init_random_separator
+from maestro_jax.checkpoints import load_params_on_device
 from maestro_jax.diffusion import Schedule
 from maestro_jax.models import clip_text as ct
+from maestro_jax.models.cim import CIMConfig
+from maestro_jax.models.imagebind import ImageBindConfig
 from maestro_jax.models.tokenizer import HashTokenizer
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.models.vae import AutoencoderKL, VAEConfig
 from maestro_jax.nn.random_init import random_init, random_like
 
+SCHEDULES = {"vc2": Schedule.vc2}
+# the parts of a VideoCrafter2 VAE that decoding reads (the encoder is never loaded)
+VAE_DECODER_KEYS = ("decoder", "post_quant_conv")
+
+
+# ----------------------------------------------------------------------------- spec
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the networks of a run are, without their weights: hashable (a jit static argument).
+
+    `imagebind` / `cim` are None when the run encodes no audio (text-to-video only)."""
+
+    unet: UNetConfig
+    vae: VAEConfig
+    text: ct.ClipTextConfig
+    imagebind: ImageBindConfig | None = None
+    cim: CIMConfig | None = None
+    schedule_name: str = "vc2"
+    trained_frames: int | None = None  # the frame count the video UNet was trained with
+    random: bool = False  # tiny random weights (say so in every output)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The compute dtype (the weights are held in it)."""
+        return self.unet.compute_dtype
+
+    @property
+    def context_width(self) -> int:
+        return self.unet.context_dim
+
+    @property
+    def schedule(self) -> Schedule:
+        return schedule_named(self.schedule_name)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.imagebind is not None and self.cim is not None
+
+
+@functools.cache
+def schedule_named(name: str) -> Schedule:
+    """The named schedule (numpy constants only)."""
+    return SCHEDULES[name]()
+
 
 # ----------------------------------------------------------------------------- models
 @dataclasses.dataclass(frozen=True, eq=False)
 class Models:
-    """Every network Maestro runs. `audio` and `separator` may be None (text-to-video only,
-    or stems given directly)."""
+    """A spec, its weights (device arrays in the compute dtype) and the host-side tokenizer."""
 
-    unet_config: UNetConfig
-    unet_params: Any
-    vae_config: VAEConfig
-    vae_params: Any
-    text_config: ct.ClipTextConfig
-    text_params: Any
+    spec: ModelSpec
+    params: dict[str, Any]
     tokenizer: Callable[[Any], np.ndarray]
-    schedule: Schedule
-    audio: ae.AudioEncoder | None = None
-    separator: Any = None  # maestro_jax.separate.Separator
-    random: bool = False  # tiny random weights (say so in every output)
-    trained_frames: int | None = None  # the frame count the video UNet was trained with
+    separator: Separator | None = None
 
     @property
-    def context_width(self) -> int:
-        return self.unet_config.context_dim
+    def audio(self) -> ae.AudioEncoder | None:
+        """The ImageBind audio trunk + CIM, or None when the run encodes no audio."""
+        if not self.spec.has_audio:
+            return None
+        s, p = self.spec, self.params
+        return ae.AudioEncoder(s.imagebind, p["imagebind_audio"], s.cim, p["cim"])
+
+    @property
+    def random(self) -> bool:
+        return self.spec.random
+
+    def with_params(self, **params: Any) -> Models:
+        return dataclasses.replace(self, params={**self.params, **params})
 
 
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Device arrays of `tree` with floating leaves in `dtype` (other leaves as they are)."""
+
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+# ----------------------------------------------------------------------------- tiny
 def tiny_configs(dtype: str = "float32") -> tuple[UNetConfig, VAEConfig, ct.ClipTextConfig]:
     """Mutually consistent tiny configs: context width 64 everywhere."""
     unet = UNetConfig.tiny(temporal=True, context_dim=64, dtype=dtype)
@@ -59,7 +128,21 @@ def tiny_configs(dtype: str = "float32") -> tuple[UNetConfig, VAEConfig, ct.Clip
     return unet, vae, text
 
 
-def _tokenizer(bpe_path: str | None, allow_hash: bool) -> Callable[[Any], np.ndarray]:
+def tiny_spec(
+    dtype: str = "float32", *, with_audio: bool = True, num_queries: int = 4
+) -> ModelSpec:
+    """The spec of `init_random_models` (configs only: box checks need no weights)."""
+    unet, vae, text = tiny_configs(dtype)
+    ib = cim = None
+    if with_audio:
+        ib = ae.tiny_imagebind(jnp.dtype(dtype))
+        cim = ae.tiny_cim(unet.context_dim, num_queries, jnp.dtype(dtype))
+    return ModelSpec(unet, vae, text, ib, cim, random=True)
+
+
+def tokenizer_from(bpe_path: str | None, allow_hash: bool = False) -> Callable[[Any], np.ndarray]:
+    """The CLIP BPE tokenizer of `bpe_path` (None: where `default_bpe_path` looks); with
+    `allow_hash`, the hash tokenizer when no vocabulary is found (tiny random models only)."""
     from maestro_jax.models.tokenizer import get_tokenizer
 
     try:
@@ -80,85 +163,50 @@ def init_random_models(
     separator: bool = False,
 ) -> Models:
     """Tiny random weights for every stage (tests, `:runlocal` configs, CPU demos)."""
-    unet_cfg, vae_cfg, text_cfg = tiny_configs(dtype)
+    spec = tiny_spec(dtype, with_audio=with_audio, num_queries=num_queries)
     x = jnp.zeros((1, 2, 8, 8, 4), jnp.float32)
-    ctx = jnp.zeros((1, 77, unet_cfg.context_dim), jnp.float32)
-    unet_params = random_init(UNet(unet_cfg), x, jnp.zeros((1,)), ctx, jnp.ones((1,)), seed=seed)
-    vae_params = random_init(AutoencoderKL(vae_cfg), jnp.zeros((1, 8, 8, 3)), seed=seed + 1)
-    text_params = random_like(ct.abstract_params(text_cfg), seed + 2)
-    audio = None
+    ctx = jnp.zeros((1, 77, spec.context_width), jnp.float32)
+    unet = random_init(UNet(spec.unet), x, jnp.zeros((1,)), ctx, jnp.ones((1,)), seed=seed)
+    vae = random_init(AutoencoderKL(spec.vae), jnp.zeros((1, 8, 8, 3)), seed=seed + 1)
+    params = {
+        "unet": unet["params"],
+        "vae": {k: vae["params"][k] for k in VAE_DECODER_KEYS},
+        "text": random_like(ct.abstract_params(spec.text), seed + 2),
+    }
     if with_audio:
-        audio = ae.init_random(
-            ae.tiny_imagebind(jnp.dtype(dtype)),
-            ae.tiny_cim(unet_cfg.context_dim, num_queries, jnp.dtype(dtype)),
-            seed + 3,
-        )
-    sep = init_random_separator(seed + 4) if separator else None
+        enc = ae.init_random(spec.imagebind, spec.cim, seed + 3)
+        params |= {"imagebind_audio": enc.ib_params, "cim": enc.cim_params}
+    sep = separator_on_device(init_random_separator(seed + 4)) if separator else None
     return Models(
-        unet_cfg,
-        unet_params["params"],
-        vae_cfg,
-        vae_params["params"],
-        text_cfg,
-        text_params,
-        _tokenizer(bpe_path, allow_hash=True),
-        Schedule.vc2(),
-        audio,
-        sep,
-        random=True,
+        spec, cast_floating(params, spec.dtype), tokenizer_from(bpe_path, allow_hash=True), sep
     )
 
 
-def load_models(
-    checkpoint: str | Path,
-    *,
-    dtype: str = "bfloat16",
-    attn_impl: str = "xla",
-    bpe_path: str | None = None,
-    imagebind_checkpoint: str | Path | None = None,
-    cim_checkpoint: str | Path | None = None,
-) -> Models:
-    """Converted VideoCrafter2 weights (`python -m convert.videocrafter model.ckpt DIR`: DIR/unet,
-    DIR/vae, DIR/text), plus ImageBind and CIM folders when audio conditioning is wanted."""
-    root = Path(checkpoint)
-    for sub in ("unet", "vae", "text"):
-        if not (root / sub / "params").exists():
-            raise FileNotFoundError(
-                f"{root}/{sub} is missing: convert VideoCrafter2 first with "
-                f"`python -m convert.videocrafter model.ckpt {root}`"
-            )
-    unet_params, unet_meta = load_params(root / "unet")
-    unet_cfg = UNetConfig(**{**unet_meta["unet"], "dtype": dtype, "attn_impl": attn_impl})
-    vae_params, vae_meta = load_params(root / "vae")
-    vd = {k: v for k, v in vae_meta["vae"].items() if k != "dtype"}
-    vae_cfg = VAEConfig(**{**vd, "ch_mult": tuple(vd["ch_mult"]),
-                           "attn_resolutions": tuple(vd["attn_resolutions"]),
-                           "dtype": jnp.dtype(dtype)})  # fmt: skip
-    text_params, text_meta = load_params(root / "text")
-    text_cfg = dataclasses.replace(ct.ClipTextConfig.from_dict(text_meta), dtype=dtype)
-    # the toy world's frozen random text encoder was made with the hash tokenizer (no BPE file)
-    if text_meta.get("tokenizer") == "hash":
-        tokenizer = HashTokenizer()
-    else:
-        tokenizer = _tokenizer(bpe_path, allow_hash=False)
-    audio = None
-    if imagebind_checkpoint and cim_checkpoint:
-        audio = ae.load(imagebind_checkpoint, cim_checkpoint, jnp.dtype(dtype))
-    elif imagebind_checkpoint or cim_checkpoint:
-        raise ValueError("audio conditioning needs both imagebind_checkpoint and cim_checkpoint")
-    return Models(
-        unet_cfg, unet_params, vae_cfg, vae_params, text_cfg, text_params,
-        tokenizer, Schedule.vc2(), audio,
-        trained_frames=unet_meta.get("trained_frames"),
+# ----------------------------------------------------------------------------- real weights
+def load_vc2_params(checkpoint: Any, dtype: Any) -> dict[str, Any]:
+    """UNet, VAE decoder and text tower of a `convert.videocrafter` folder, on the device in
+    `dtype` (cast while reading; one copy)."""
+    return {
+        "unet": load_params_on_device(checkpoint / "unet", dtype)[0],
+        "vae": load_params_on_device(checkpoint / "vae", dtype, keys=VAE_DECODER_KEYS)[0],
+        "text": load_params_on_device(checkpoint / "text", dtype)[0],
+    }
+
+
+def separator_on_device(sep: Separator) -> Separator:
+    """The separator with its weights on the device (one copy; its own dtype, float32)."""
+    return dataclasses.replace(
+        sep, sep_variables=jax.device_put(sep.sep_variables),
+        text_variables=jax.device_put(sep.text_variables),
     )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- text
 def text_context(models: Models, prompts: str | Sequence[str]) -> jax.Array:
     """Prompts -> [N, 77, D] (penultimate layer, as VideoCrafter2)."""
-    return ct.encode_text(models.text_params, models.text_config, models.tokenizer, prompts)
+    return ct.encode_text(models.params["text"], models.spec.text, models.tokenizer, prompts)
 
 
 def null_context(models: Models) -> jax.Array:
     """The empty prompt's embedding [77, D]: the null / unconditional context."""
-    return ct.null_embedding(models.text_params, models.text_config, models.tokenizer)
+    return ct.null_embedding(models.params["text"], models.spec.text, models.tokenizer)

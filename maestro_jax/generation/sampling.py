@@ -27,9 +27,16 @@ import numpy as np
 from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.diffusion import ddim_sample, ddim_timesteps
-from maestro_jax.generation.models import Models, null_context, text_context
-from maestro_jax.models.unet import UNet
-from maestro_jax.models.vae import AutoencoderKL, decode_latents
+from maestro_jax.generation.models import (
+    Models,
+    ModelSpec,
+    null_context,
+    schedule_named,
+    text_context,
+)
+from maestro_jax.models.unet import UNet, UNetConfig
+from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
+from maestro_jax.procfs import proc_kib
 
 MODES = ("maestro", "vanilla", "locate", "mosaic")
 
@@ -43,13 +50,14 @@ class VideoSpec:
     height: int
     width: int
 
-    def latent_hw(self, models: Models) -> tuple[int, int]:
-        ds = models.vae_config.downsample_factor
+    def latent_hw(self, spec: ModelSpec) -> tuple[int, int]:
+        ds = spec.vae.downsample_factor
         return self.height // ds, self.width // ds
 
-    def check(self, models: Models) -> None:
-        ds = models.vae_config.downsample_factor
-        levels = len(models.unet_config.channel_mult)
+    def check(self, spec: ModelSpec) -> None:
+        """Sizes the networks of `spec` can make (configs only: runs before any weight is read)."""
+        ds = spec.vae.downsample_factor
+        levels = len(spec.unet.channel_mult)
         unit = ds * 2 ** (levels - 1)
         if self.height % unit or self.width % unit:
             raise ValueError(
@@ -58,16 +66,18 @@ class VideoSpec:
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        if models.trained_frames and self.num_frames != models.trained_frames:
+        if spec.trained_frames and self.num_frames != spec.trained_frames:
             raise ValueError(
                 f"{self.num_frames} frames do not match the checkpoint, which was trained with "
-                f"{models.trained_frames} (set --config.num_frames={models.trained_frames})"
+                f"{spec.trained_frames} (set --config.num_frames={spec.trained_frames})"
             )
 
-    def resolutions(self, models: Models) -> tuple[tuple[int, int], ...]:
-        return mosaic.unet_resolutions(
-            self.latent_hw(models), num_levels=len(models.unet_config.channel_mult)
-        )
+    def resolutions(self, spec: ModelSpec) -> tuple[tuple[int, int], ...]:
+        return mosaic.unet_resolutions(self.latent_hw(spec), num_levels=len(spec.unet.channel_mult))
+
+    def latent_shape(self, spec: ModelSpec) -> tuple[int, ...]:
+        """[F, h, w, C] of one video's latents."""
+        return (self.num_frames, *self.latent_hw(spec), spec.unet.in_channels)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -88,8 +98,8 @@ class SamplerSettings:
             raise ValueError(f"N_D = {self.n_d} locate steps is outside [0, steps = {self.steps}]")
 
 
-def _unet_fn(models: Models, params: Any, fps: int, edit: Any) -> Callable:
-    unet = UNet(models.unet_config)
+def _unet_fn(unet_config: UNetConfig, params: Any, fps: int, edit: Any) -> Callable:
+    unet = UNet(unet_config)
 
     def fn(x, t, cond, step):
         del step
@@ -110,46 +120,31 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Arr
     return jax.random.normal(k_x, shape, jnp.float32), k_steps
 
 
-@functools.partial(jax.jit, static_argnames=("models_static", "settings"))
-def _sample_t2v(params, cond, uncond, x_T, key, models_static, settings):
-    models = models_static.models
-    fn = _unet_fn(models, params, settings.fps, None)
+# The jitted samplers take the UNet config and the schedule's name as static arguments and the
+# weights as traced ones: jit's own cache reuses a compile for equal configs and holds no weights.
+@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings"))
+def _sample_t2v(params, cond, uncond, x_T, key, unet_config, schedule, settings):
+    fn = _unet_fn(unet_config, params, settings.fps, None)
     return ddim_sample(
         fn, x_T, cond={"context": cond}, uncond={"context": uncond}, steps=settings.steps,
-        eta=settings.eta, guidance=settings.guidance, schedule=models.schedule, key=key,
+        eta=settings.eta, guidance=settings.guidance, schedule=schedule_named(schedule), key=key,
     )  # fmt: skip
-
-
-class _Static:
-    """Hashable-by-identity wrapper so `Models` (holding arrays) can be a static jit argument;
-    the params themselves are passed as traced arguments."""
-
-    def __init__(self, models: Models):
-        self.models = models
-
-    def __hash__(self) -> int:
-        return id(self.models)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.models is self.models
-
-
-@functools.cache
-def _static(models: Models) -> _Static:
-    return _Static(models)
 
 
 def sample_t2v(
     models: Models, prompt: str, spec: VideoSpec, settings: SamplerSettings, seed: int
 ) -> jax.Array:
-    """Plain VideoCrafter2 text-to-video: latents [1, F, h, w, 4]."""
-    spec.check(models)
+    """Plain VideoCrafter2 text-to-video: latents [1, F, h, w, 4]. N_D does not apply."""
+    ms = models.spec
+    spec.check(ms)
+    settings = dataclasses.replace(settings, n_d=0, mode="vanilla")
     settings.check()
-    h, w = spec.latent_hw(models)
     cond = text_context(models, [prompt])
     uncond = null_context(models)[None]
-    x_T, key = initial_noise(seed, (1, spec.num_frames, h, w, models.unet_config.in_channels))
-    return _sample_t2v(models.unet_params, cond, uncond, x_T, key, _static(models), settings)
+    x_T, key = initial_noise(seed, (1, *spec.latent_shape(ms)))
+    return _sample_t2v(
+        models.params["unet"], cond, uncond, x_T, key, ms.unet, ms.schedule_name, settings
+    )
 
 
 def build_edits(
@@ -173,15 +168,16 @@ def build_edits(
     c_merge, c_sep = mosaic.build_contexts(null, tokens, spec.num_frames, options.token_offset)
     locate, mos = mosaic.make_phase_edits(
         locate_boxes, mosaic_boxes, c_merge=c_merge, c_sep=c_sep, null_emb=null, n_q=n_q,
-        resolutions=spec.resolutions(models), num_frames=spec.num_frames,
+        resolutions=spec.resolutions(models.spec), num_frames=spec.num_frames,
         edit_rows=mosaic.cfg_edit_rows(1, 1, cond_first=False), options=options,
-        attn_impl=models.unet_config.impl("cross"),
+        attn_impl=models.spec.unet.impl("cross"),
     )  # fmt: skip
     null_f = jnp.broadcast_to(null, (spec.num_frames, *null.shape))
     return c_merge, null_f, locate, mos
 
 
-def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, models, settings):
+def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, unet_config, schedule,
+                 settings):  # fmt: skip
     """One job (B = 1): latents [1, F, h, w, 4].
 
     In 'maestro' mode the phase is chosen per step with `lax.cond(step < n_d, ...)` on a traced
@@ -191,17 +187,13 @@ def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, models, se
     uncond = {"context": null_f[None]}
     common = dict(
         cond=cond, uncond=uncond, steps=settings.steps, eta=settings.eta,
-        guidance=settings.guidance, schedule=models.schedule, key=key,
+        guidance=settings.guidance, schedule=schedule_named(schedule), key=key,
     )  # fmt: skip
-    fps = settings.fps
-    if settings.mode == "vanilla":
-        return ddim_sample(_unet_fn(models, params, fps, None), x_T, **common)
-    if settings.mode == "locate":
-        return ddim_sample(_unet_fn(models, params, fps, locate), x_T, **common)
-    if settings.mode == "mosaic":
-        return ddim_sample(_unet_fn(models, params, fps, mos), x_T, **common)
-    fn_locate = _unet_fn(models, params, fps, locate)
-    fn_mosaic = _unet_fn(models, params, fps, mos)
+    unet_fn = functools.partial(_unet_fn, unet_config, params, settings.fps)
+    if settings.mode != "maestro":  # one edit (or none) on every step
+        edit = {"vanilla": None, "locate": locate, "mosaic": mos}[settings.mode]
+        return ddim_sample(unet_fn(edit), x_T, **common)
+    fn_locate, fn_mosaic = unet_fn(locate), unet_fn(mos)
 
     def fn(x, t, c, step):
         return jax.lax.cond(step < n_d, fn_locate, fn_mosaic, x, t, c, step)
@@ -209,12 +201,14 @@ def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, models, se
     return ddim_sample(fn, x_T, **common)
 
 
-@functools.partial(jax.jit, static_argnames=("models_static", "settings"))
+@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings"))
 def _sample_maestro_batch(
-    params, n_d, c_merge, null_f, locate, mos, x_T, keys, models_static, settings
+    params, n_d, c_merge, null_f, locate, mos, x_T, keys, unet_config, schedule, settings
 ):
     """vmapped over a leading job axis of every array argument (params and N_D shared)."""
-    one = functools.partial(_maestro_one, models=models_static.models, settings=settings)
+    one = functools.partial(
+        _maestro_one, unet_config=unet_config, schedule=schedule, settings=settings
+    )
     return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0))(
         params, n_d, c_merge, null_f, locate, mos, x_T, keys
     )
@@ -241,12 +235,11 @@ def prepare_job(
     seed: int,
     options: mosaic.MosaicOptions | None = None,
 ) -> PreparedJob:
-    spec.check(models)
-    h, w = spec.latent_hw(models)
+    spec.check(models.spec)
     c_merge, null_f, loc, mos = build_edits(
         models, tokens, locate_boxes, mosaic_boxes, spec, options
     )
-    x_T, key = initial_noise(seed, (1, spec.num_frames, h, w, models.unet_config.in_channels))
+    x_T, key = initial_noise(seed, (1, *spec.latent_shape(models.spec)))
     return PreparedJob(c_merge, null_f, loc, mos, x_T, key)
 
 
@@ -274,22 +267,63 @@ def sample_maestro(
         args = [jax.tree.map(lambda a: jax.device_put(a, data), x) for x in args]
     n_d = jnp.asarray(settings.n_d, jnp.int32)  # traced: N_D values share one compile
     static = dataclasses.replace(settings, n_d=0)
-    out = _sample_maestro_batch(models.unet_params, n_d, *args, _static(models), static)
+    ms = models.spec
+    out = _sample_maestro_batch(
+        models.params["unet"], n_d, *args, ms.unet, ms.schedule_name, static
+    )
     return out[:, 0]
 
 
 # ----------------------------------------------------------------------------- decode
-@functools.partial(jax.jit, static_argnames=("models_static", "frame_chunk"))
-def _decode(params, latents, models_static, frame_chunk):
-    m = models_static.models
-    return decode_latents(AutoencoderKL(m.vae_config), params, latents, frame_chunk=frame_chunk)
+@functools.partial(jax.jit, static_argnames=("vae_config", "frame_chunk"))
+def _decode(params, latents, vae_config, frame_chunk):
+    return decode_latents(AutoencoderKL(vae_config), params, latents, frame_chunk=frame_chunk)
 
 
 def decode(models: Models, latents: jax.Array, frame_chunk: int | None = None) -> np.ndarray:
-    """latents [B, F, h, w, 4] -> uint8 frames [B, F, H, W, 3]."""
-    frames = _decode(models.vae_params, latents, _static(models), frame_chunk or None)
+    """latents [B, F, h, w, 4] -> uint8 frames [B, F, H, W, 3], decoded `frame_chunk` frames at a
+    time (None or 0: chosen by `auto_frame_chunk`; the frames do not depend on it)."""
+    vae = models.spec.vae
+    b, f, h, w = latents.shape[:4]
+    chunk = frame_chunk or auto_frame_chunk(vae, b * f, (h, w))
+    frames = _decode(models.params["vae"], latents, vae, chunk if chunk < b * f else None)
     frames = np.asarray(frames, np.float32)
     return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def decode_bytes_per_frame(vae: VAEConfig, latent_hw: tuple[int, int]) -> int:
+    """An upper estimate of the VAE decoder's working memory for one frame: 32 bytes per pixel
+    and base channel (about 7 float32 copies of the full-resolution level's activations: XLA's
+    buffer assignment for the SD / VideoCrafter2 decoder needs 28) plus 3 float32 copies of the
+    mid-block attention matrix over the latent's h * w tokens."""
+    h, w = latent_hw
+    ds = vae.downsample_factor
+    return 32 * vae.ch * (h * ds) * (w * ds) + 12 * (h * w) ** 2
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the decode may use: free device memory on an accelerator (its `memory_stats`),
+    else the host's MemAvailable (/proc/meminfo); None when neither is known."""
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    return proc_kib("/proc/meminfo", "MemAvailable")
+
+
+def auto_frame_chunk(
+    vae: VAEConfig, num_frames: int, latent_hw: tuple[int, int], available: int | None = None
+) -> int:
+    """Frames to decode at once: all of them when their estimated working memory
+    (`decode_bytes_per_frame`) fits in half the available memory, else the largest divisor of
+    `num_frames` that does (at least 1), so no chunk is padding."""
+    available = available_memory_bytes() if available is None else available
+    if available is None:
+        return num_frames
+    fit = max(1, (available // 2) // decode_bytes_per_frame(vae, latent_hw))
+    return max(d for d in range(1, num_frames + 1) if num_frames % d == 0 and d <= fit)
 
 
 # ----------------------------------------------------------------------------- audio
@@ -320,8 +354,3 @@ def describe_boxes(boxes: Sequence[Any], num_frames: int) -> list[list[list[floa
     """Per-frame boxes [F][N_A][4] (for drawing and the settings JSON)."""
     bs = [mosaic.as_boxes(b).per_frame(num_frames) for b in boxes]
     return [[list(map(float, b[f])) for b in bs] for f in range(num_frames)]
-
-
-def latent_shape(models: Models, spec: VideoSpec) -> tuple[int, ...]:
-    h, w = spec.latent_hw(models)
-    return (spec.num_frames, h, w, models.unet_config.in_channels)

@@ -60,7 +60,9 @@ class UNetConfig(PresetConfig):
       only the converter's weight layout differs). `init_attn` is always built without it.
     attn_impl: attention implementation for every attention kind; `attn_impl_self`,
       `attn_impl_cross`, `attn_impl_temporal` override it for spatial self-attention,
-      spatial cross-attention and temporal attention (incl. init_attn).
+      spatial cross-attention and temporal attention (incl. init_attn). 'xla' (default, the
+      reference), 'cudnn', 'splash' or 'auto' (per call: splash on TPU from 128 keys on, i.e.
+      spatial self-attention down to 10x16; cuDNN on GPU; XLA otherwise; see `nn.attention`).
     dtype: compute dtype ('float32' or 'bfloat16'); params stay float32, norms and softmax
       compute in float32.
     remat: rematerialise (jax.checkpoint) every Res/Spatial/Temporal block in the backward pass.

@@ -168,7 +168,7 @@ class MosaicEdit:
       strengthen_scale, weaken_scale: () float32 (arrays: new values never retrace).
     Static fields: mode ('locate' | 'mosaic' | 'none'), resolutions ((h, w), ...), num_frames,
     n_q, token_offset, locate_space ('logits' | 'probs'), attn_impl (for the plain, unedited
-    rows and the per-source attention: 'xla' | 'cudnn' | 'splash').
+    rows and the per-source attention: 'xla' | 'cudnn' | 'splash' | 'auto').
     """
 
     c_merge: jax.Array | None

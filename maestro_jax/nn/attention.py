@@ -5,8 +5,22 @@ Implementations:
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` on NVIDIA GPUs when the shapes
   and dtype allow (bf16/fp16, head_dim a multiple of 8 up to 128, no custom bias edits). When it
   cannot run, it falls back to `xla` with a warning, once per reason: it never silently differs.
-- `splash`: reserved for TPU splash attention through `jax.shard_map` (not written yet: it runs
-  `xla` with a warning).
+- `splash`: the Pallas TPU splash (flash) attention kernel, through `jax.shard_map` under a mesh
+  (`maestro_jax.nn.splash`: padding, block sizes, sharding). On other backends the same kernel
+  runs in Pallas interpret mode (slow: for tests). With a bias it falls back to `xla` with a
+  warning, once per reason.
+- `auto`: chosen per call from the backend and the shapes (`choose_impl`): `splash` on TPU when
+  there is no bias and at least `splash.AUTO_MIN_KV` (128) keys, `cudnn` on GPU when it can run,
+  `xla` otherwise. At VideoCrafter2's full size on TPU: spatial self-attention at 2560, 640 and
+  160 tokens -> splash; at 40 tokens (5x8), temporal attention (16 frames) and cross-attention
+  (77 keys) -> xla. On GPU in bf16/fp16: cudnn everywhere; in float32 and on CPU: xla, so
+  'auto' is bit-identical to 'xla' on CPU. Model configs keep 'xla' as their default (the
+  parity reference, the same numbers on every backend); 'auto' is opt-in.
+- `chunked`: `xla` with the queries taken `CHUNK_LOGITS_BYTES` of float32 logits at a time
+  (`lax.map` over query chunks) when one call's logits would be larger; below that it is `xla`
+  itself. Each query row's softmax is over all keys either way, so only the working memory
+  changes: on a CPU, VideoCrafter2's first-level self-attention at 320x512 (16 frames, CFG) has
+  4.2 GB of logits per layer.
 
 Attention *edits* (Attention Mosaic) do not live here: a cross-attention layer that receives an
 `AttnEdit` hands it the queries and its key/value projections (see `AttnEdit`).
@@ -21,7 +35,10 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "cudnn", "splash")
+from maestro_jax.nn import splash
+
+IMPLS = ("xla", "cudnn", "splash", "chunked", "auto")
+CHUNK_LOGITS_BYTES = 1 << 29  # 'chunked': float32 logits of one query chunk, at most
 _log = logging.getLogger(__name__)
 
 
@@ -67,9 +84,28 @@ def _xla(q, k, v, scale, bias):
     return attend_with_logits(logits, v)
 
 
-def _cudnn_reason(q, k, v, bias) -> str | None:
-    if jax.default_backend() != "gpu":
-        return f"backend is {jax.default_backend()}"
+def _chunked(q, k, v, scale, bias):
+    """`_xla` over query chunks of at most `CHUNK_LOGITS_BYTES` of logits (a divisor of Tq, so
+    no padding), one chunk at a time; `_xla` itself when the whole call fits."""
+    b, tq, h, d = q.shape
+    rows = max(1, CHUNK_LOGITS_BYTES // (4 * b * h * k.shape[1]))
+    if rows >= tq:
+        return _xla(q, k, v, scale, bias)
+    size = max(c for c in range(1, rows + 1) if tq % c == 0)
+    n = tq // size
+    qs = jnp.moveaxis(q.reshape(b, n, size, h, d), 1, 0)  # [n, B, size, H, D]
+    if bias is not None and bias.ndim >= 2 and bias.shape[-2] == tq:
+        bias = jnp.moveaxis(bias.reshape(*bias.shape[:-2], n, size, bias.shape[-1]), -3, 0)
+        out = jax.lax.map(lambda qb: _xla(qb[0], k, v, scale, qb[1]), (qs, bias))
+    else:
+        out = jax.lax.map(lambda qc: _xla(qc, k, v, scale, bias), qs)
+    return jnp.moveaxis(out, 0, 1).reshape(b, tq, h, d)
+
+
+def _cudnn_reason(q, k, v, bias, backend: str | None = None) -> str | None:
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+        return f"backend is {backend}"
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         return f"dtype {q.dtype} (cuDNN fused attention needs bf16/fp16)"
     dh = q.shape[-1]
@@ -78,6 +114,25 @@ def _cudnn_reason(q, k, v, bias) -> str | None:
     if bias is not None:
         return "an additive bias"
     return None
+
+
+def choose_impl(impl: str, q, k, v, bias=None, backend: str | None = None) -> str:
+    """The implementation `dot_product_attention` runs for `impl` ('auto' resolved; the others
+    as given). q, k, v: arrays or ShapeDtypeStructs [B, T, H, D]; backend defaults to JAX's."""
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    if (
+        backend == "tpu"
+        and k.shape[1] >= splash.AUTO_MIN_KV
+        and splash.unsupported_reason(q, k, v, bias) is None
+    ):
+        return "splash"
+    if backend == "gpu" and _cudnn_reason(q, k, v, bias, backend) is None:
+        return "cudnn"
+    return "xla"
 
 
 def dot_product_attention(
@@ -95,12 +150,11 @@ def dot_product_attention(
       q: [B, Tq, H, D]; k, v: [B, Tk, H, D].
       scale: defaults to D ** -0.5.
       bias: optional additive logits bias broadcastable to [B, H, Tq, Tk].
-      impl: one of `IMPLS`.
+      impl: one of `IMPLS` ('auto': see `choose_impl`).
     Returns:
       [B, Tq, H, D] in q's dtype.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
+    impl = choose_impl(impl, q, k, v, bias)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if impl == "cudnn":
@@ -109,9 +163,17 @@ def dot_product_attention(
             return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
         _warn_once(f"cudnn attention unavailable ({reason}); falling back to xla")
     elif impl == "splash":
-        # The TPU splash kernel (through jax.shard_map) belongs to the performance work (issue
-        # 10) and is not written yet: same numbers through xla, with a warning, never a crash.
-        _warn_once("splash attention is not implemented yet; using xla (same result, slower)")
+        reason = splash.unsupported_reason(q, k, v, bias)
+        if reason is None:
+            if jax.default_backend() != "tpu":
+                _warn_once(
+                    f"splash attention on {jax.default_backend()} runs the Pallas kernel in "
+                    "interpret mode (slow; meant for tests)"
+                )
+            return splash.splash_attention(q, k, v, scale=scale)
+        _warn_once(f"splash attention unavailable ({reason}); falling back to xla")
+    elif impl == "chunked":
+        return _chunked(q, k, v, scale, bias)
     return _xla(q, k, v, scale, bias)
 
 

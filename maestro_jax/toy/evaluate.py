@@ -184,7 +184,7 @@ def evaluate_placement(
         raise ToyEvalError("the config builds no audio encoder (set imagebind/cim checkpoints)")
     spec = gen._spec(cfg)
     try:
-        spec.check(models)
+        spec.check(models.spec)
     except ValueError as e:
         raise ToyEvalError(str(e)) from e
     options = gen._options(cfg)

@@ -1,0 +1,82 @@
+"""What a generation job writes: separated stems (mixture jobs), the video with the mixture muxed
+in, the contact sheet and the settings JSON (last: a job whose JSON exists is finished). Nothing
+is written, and no folder made, until there is something to write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from maestro_jax.audio import separation
+from maestro_jax.generation import sampling
+from maestro_jax.generation.jobs import output_paths, write_json
+from maestro_jax.generation.plan import Plan
+
+
+def video_spec(cfg) -> sampling.VideoSpec:
+    return sampling.VideoSpec(int(cfg.num_frames), int(cfg.height), int(cfg.width))
+
+
+def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.ndarray, int]]:
+    """(stems [(wave, sr)], mixture (wave, sr)) of a plan; runs separation for mixture jobs and
+    keeps the separated stems next to the video."""
+    from maestro_jax import audio as audio_lib
+
+    if plan.kind == "stems":
+        return plan.stems, sampling.mixture_of(plan.stems)
+    wave, sr = plan.mixture
+    sep = models.separator
+    ssr = sep.config.sample_rate
+    mono = audio_lib.resample(wave.mean(axis=0, keepdims=True), sr, ssr)[0]
+    qemb = None
+    if plan.job.query_embeddings:
+        with np.load(plan.job.query_embeddings) as z:
+            qemb = np.asarray(z["embeddings"] if "embeddings" in z.files else z[z.files[0]])
+    stems = separation.separate_mixture(sep, mono, plan.job.queries, qemb)
+    stem_dir = output_paths(outdir, plan.job.name)["stems"]
+    stem_dir.mkdir(parents=True, exist_ok=True)
+    names = plan.job.queries or [f"source{i}" for i in range(len(stems))]
+    for i, (q, s) in enumerate(zip(names, stems)):
+        slug = "".join(ch if ch.isalnum() else "_" for ch in q)[:40]
+        audio_lib.write_wav(stem_dir / f"{i:02d}_{slug}.wav", s[None], ssr)
+    return [(s[None], ssr) for s in stems], (wave, sr)
+
+
+def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, extra: dict) -> dict:
+    from maestro_jax.video import contact_sheet, write_png, write_video
+
+    spec = video_spec(cfg)
+    paths = output_paths(outdir, plan.job.name)
+    fps = sampling.video_fps(spec, cfg.clip_window, cfg.save_fps)
+    audio, sr = mixture if mixture is not None else (None, None)
+    write_video(paths["video"], frames, fps, audio, sr)
+    boxes = (
+        sampling.describe_boxes(plan.locate_boxes, spec.num_frames) if plan.locate_boxes else None
+    )
+    write_png(paths["sheet"], contact_sheet(frames, boxes))
+    settings = {
+        "job": plan.job.to_json(),
+        "kind": plan.kind,
+        "n_d": plan.n_d,
+        "video": {
+            "file": paths["video"].name,
+            "frames": spec.num_frames,
+            "fps": fps,
+            "height": spec.height,
+            "width": spec.width,
+            "duration_s": spec.num_frames / fps,
+        },  # fmt: skip
+        "boxes_per_frame": boxes,
+        "mosaic_boxes_per_frame": (
+            sampling.describe_boxes(plan.mosaic_boxes, spec.num_frames)
+            if plan.mosaic_boxes
+            else None
+        ),
+        "config": json.loads(cfg.to_json_best_effort()),
+        "warnings": plan.warnings,
+        **extra,
+    }
+    write_json(paths["json"], settings)
+    return settings

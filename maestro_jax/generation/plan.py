@@ -1,0 +1,98 @@
+"""Validating generation jobs before anything is loaded: audio read, boxes parsed and checked
+against the attention levels, N_D against the steps (Maestro jobs only), the source count against
+the 77-token context."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from maestro_jax import mosaic
+from maestro_jax.generation.jobs import Job, JobError, check_job_files
+
+
+def _layout(job: Job, cfg) -> tuple[tuple, tuple]:
+    boxes = job.boxes if job.boxes is not None else cfg.boxes
+    if isinstance(boxes, str):
+        return mosaic.parse_layout(boxes)
+    parsed = []
+    for b in boxes:
+        if isinstance(b, str):
+            parsed.append(mosaic.parse_boxes(b))
+        elif isinstance(b, dict):  # {"keyframes": [[pos, [l,t,r,b]], ...]}
+            parsed.append(mosaic.Boxes.keyframed(b["keyframes"]))
+        else:
+            parsed.append(mosaic.Boxes.static(b))
+    return tuple(parsed), tuple(parsed)
+
+
+@dataclasses.dataclass
+class Plan:
+    """A validated job: its audio loaded, its boxes parsed (no model compute yet)."""
+
+    job: Job
+    kind: str  # 'stems' | 'mixture' | 't2v'
+    stems: list[tuple[np.ndarray, int]]
+    mixture: tuple[np.ndarray, int] | None
+    locate_boxes: tuple
+    mosaic_boxes: tuple
+    n_d: int
+    warnings: list[str]
+
+
+def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
+    """Every check that needs no model: raises JobError naming the job and the problem.
+    `models_hint['resolutions']`: the attention levels' (h, w), for the box checks."""
+    from maestro_jax import audio as audio_lib
+
+    check_job_files(job)
+    warnings: list[str] = []
+    if job.prompt:  # text-to-video: no boxes, no N_D
+        return Plan(job, "t2v", [], None, (), (), 0, warnings)
+    n_d = cfg.n_d if job.n_d is None else job.n_d
+    if not 0 <= n_d <= cfg.steps:
+        raise JobError(f"job {job.name}: N_D = {n_d} is larger than the {cfg.steps} DDIM steps")
+    stems, mixture = [], None
+
+    def load(p):
+        try:
+            return audio_lib.load_audio(p)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            raise JobError(f"job {job.name}: cannot read audio {p}: {e}") from e
+
+    if job.audio:
+        stems = [load(p) for p in job.audio]
+        for p, (w, _) in zip(job.audio, stems):
+            if float(np.max(np.abs(w))) < 1e-4:
+                warnings.append(f"stem {p} is silent (peak < 1e-4)")
+        kind = "stems"
+    else:
+        mixture = load(job.mixture)
+        kind = "mixture"
+    n_a = job.num_sources
+    if job.query_embeddings and not job.queries:
+        with np.load(job.query_embeddings) as z:
+            n_a = int(z[z.files[0]].shape[0])
+    cap = mosaic.context_capacity(cfg.num_queries, cfg.mosaic.token_offset)
+    if n_a > cap:
+        raise JobError(
+            f"job {job.name}: {n_a} sources do not fit one 77-token context: at most "
+            f"floor((77 - {cfg.mosaic.token_offset}) / N_Q={cfg.num_queries}) = {cap}"
+        )
+    if n_a < 1:
+        raise JobError(f"job {job.name}: no sources")
+    try:
+        loc, mos = _layout(job, cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise JobError(f"job {job.name}: bad boxes: {e}") from e
+    if len(loc) != n_a:
+        raise JobError(
+            f"job {job.name}: {n_a} sources but {len(loc)} boxes ({job.boxes or cfg.boxes})"
+        )
+    try:
+        mosaic.check_boxes(loc, models_hint["resolutions"], cfg.num_frames, cfg.mosaic.cell_rule)
+        mosaic.check_boxes(mos, models_hint["resolutions"], cfg.num_frames, cfg.mosaic.cell_rule)
+    except ValueError as e:
+        raise JobError(f"job {job.name}: {e}") from e
+    return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings)
