@@ -222,3 +222,16 @@ def test_study_split_kill_resume_and_override(tmp_path, monkeypatch, capsys):
     assert "training settings changed" in capsys.readouterr().out
     rows = json.loads((work / "ablation.json").read_text())["rows"]
     assert [r["training"]["steps"] for r in rows] == [6, 4]
+
+
+def test_full_size_checks_name_the_missing_folders(tmp_path):
+    cfg = _cfg("nq", "vggsound")
+    with pytest.raises(ablation.AblationError, match=r"training.model.unet.params is empty"):
+        ablation.check(cfg, tmp_path / "w")
+    for part in ("unet", "vae", "text", "imagebind"):
+        cfg.training.model[part].params = str(tmp_path)
+    with pytest.raises(ablation.AblationError, match=r"training.data.dir=''"):
+        ablation.check(cfg, tmp_path / "w")
+    cfg.training.data.dir = str(tmp_path)
+    with pytest.raises(ablation.AblationError, match=r"--config.sweep.audio_dir"):
+        ablation.check(cfg, tmp_path / "w")  # (the sweep's checks follow the training's)

@@ -137,6 +137,7 @@ def check(cfg, workdir: str | os.PathLike) -> tuple[list[Value], Any, Any, str |
     if cfg.processes.mode not in ("mesh", "split"):
         raise AblationError(f"config.processes.mode={cfg.processes.mode!r}: 'mesh' or 'split'")
     split_identity(cfg)
+    _check_training_files(cfg.training)
     la = cfg.label_accuracy
     if la.source not in ("toy", "dataset", "none"):
         raise AblationError(f"config.label_accuracy.source={la.source!r}: toy, dataset or none")
@@ -165,9 +166,28 @@ def check(cfg, workdir: str | os.PathLike) -> tuple[list[Value], Any, Any, str |
         raise AblationError(f"generation N_Q {q_gen} != training N_Q {q_train}")
     try:
         points, ecfg, reference = sweep_lib.prepare(s, require_cims=False)
-    except sweep_lib.SweepError as e:
-        raise AblationError(str(e)) from None
+    except sweep_lib.SweepError as e:  # (its fields live under config.sweep here)
+        raise AblationError(str(e).replace("--config.", "--config.sweep.")) from None
     return [Value(p, t) for p, t in zip(points, trains)], s, ecfg, reference
+
+
+def _check_training_files(t) -> None:
+    """The trainer's frozen models and data exist (it would find out only when its value's
+    training starts, possibly after other values)."""
+    for part in ("unet", "vae", "text", "imagebind"):
+        folder = t.model[part].params
+        if folder and not Path(folder).exists():
+            raise AblationError(f"config.training.model.{part}.params: {folder} does not exist")
+        if not folder and not t.model.random_init:
+            raise AblationError(
+                f"config.training.model.{part}.params is empty: give the converted folder "
+                "(README, 'Training the CIM')"
+            )
+    if not t.data.synthetic and not (t.data.dir and Path(t.data.dir).is_dir()):
+        raise AblationError(
+            f"config.training.data.dir={t.data.dir!r}: give the prepared dataset folder "
+            "(python -m data.prepare / data.curate)"
+        )
 
 
 # ----------------------------------------------------------------------------- steps
