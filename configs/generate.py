@@ -9,8 +9,9 @@ Examples:
       --audio dog.wav --audio cat.wav --boxes LR --outdir out
   python -m maestro_jax.generate --config=configs/generate.py --config.checkpoint=ckpt/vc2 \
       --config.imagebind_checkpoint=ckpt/imagebind --config.cim_checkpoint=ckpt/cim \
-      --config.bpe_path=bpe_simple_vocab_16e6.txt.gz \
       --audio dog.wav --audio cat.wav --boxes LR --outdir out
+(the CLIP vocabulary comes from ckpt/vc2/text when `convert.videocrafter --bpe` stored it there,
+else pass --config.bpe_path=bpe_simple_vocab_16e6.txt.gz)
   python -m maestro_jax.generate --config=configs/generate.py:runlocal --jobs jobs.jsonl \
       --outdir sweep
 """

@@ -6,9 +6,10 @@ Variants:
 
 Examples:
   python -m maestro_jax.generate --config=configs/t2v.py:runlocal --prompt "a dog barking"
-  python -m convert.videocrafter checkpoints/base_512_v2/model.ckpt ckpt/vc2
+  python -m convert.videocrafter checkpoints/base_512_v2/model.ckpt ckpt/vc2 \
+      --bpe bpe_simple_vocab_16e6.txt.gz
   python -m maestro_jax.generate --config=configs/t2v.py --config.checkpoint=ckpt/vc2 \
-      --config.bpe_path=bpe_simple_vocab_16e6.txt.gz --prompt "a dog barking" --outdir out
+      --prompt "a dog barking" --outdir out
 """
 
 from maestro_jax.generation.config import t2v_config

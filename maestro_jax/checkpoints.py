@@ -122,6 +122,20 @@ def _local_checkpointer(compress: bool = True) -> ocp.Checkpointer:
     )
 
 
+def _local_reader() -> ocp.Checkpointer:
+    """A PyTree checkpointer for the readers below that involves only this process: orbax's
+    default waits for every process of a multi-process run, so one process loading weights
+    alone (the only one with generation jobs left, an evaluation on process 0) would wait
+    forever."""
+    if jax.process_count() == 1:
+        return ocp.PyTreeCheckpointer()
+    me = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp
+    )
+
+
 def _fix_modes(root: Path) -> None:
     """Give every folder and file under `root` the modes the umask allows (0777/0666 & ~umask):
     some writers (orbax's own temporary folders) create them private."""
@@ -216,7 +230,7 @@ def load_params(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, dict]:
         (e.g. "bfloat16"), cast while reading.
     """
     params_dir = _params_dir(path)
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _local_reader() as ckptr:
         if dtype is None:
             params = ckptr.restore(params_dir)
         else:
@@ -227,7 +241,7 @@ def load_params(path: str | os.PathLike, dtype: Any = None) -> tuple[Any, dict]:
 
 def params_keys(path: str | os.PathLike) -> list[str]:
     """The top-level entries of a params folder, from its metadata (no array is read)."""
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _local_reader() as ckptr:
         return list(_metadata_tree(ckptr, _params_dir(path)))
 
 
@@ -249,7 +263,7 @@ def load_params_on_device(
     """
     params_dir = _params_dir(path)
     out: dict = {}
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _local_reader() as ckptr:
         tree = _metadata_tree(ckptr, params_dir)
         missing = [k for k in keys or () if k not in tree]
         if missing:

@@ -77,9 +77,47 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     app.run(quiet_main, flags_parser=parse_flags)
 
 
+_COMMANDS = frozenset({
+    "maestro_jax.demo", "maestro_jax.generate", "maestro_jax.train", "maestro_jax.evaluate",
+    "maestro_jax.sweep", "maestro_jax.separate", "maestro_jax.encode_audio",
+    "maestro_jax.toy.build", "maestro_jax.toy.evaluate", "maestro_jax.lower",
+    "maestro_jax.app", "maestro_jax.ablate",
+})  # fmt: skip
+
+
+def is_command_module(module_name: str) -> bool:
+    """A module whose absl flags belong to one command (the package's commands, the toy world's,
+    data/*, convert/*/__main__, benchmarks/*): never imported by library code."""
+    return (
+        module_name in _COMMANDS
+        or module_name.startswith(("data.", "benchmarks."))
+        or (module_name.startswith("convert.") and module_name.endswith(".__main__"))
+    )
+
+
+def load_command(module_name: str):
+    """Import command module `module_name` in this process with only its own command flags
+    defined (tests; several commands define the same names, e.g. --config, --outdir): the flags
+    of every other command module are removed (and the module forgotten, so a later load defines
+    them again); a command whose flags were removed that way is imported again."""
+    import importlib
+
+    fv = flags.FLAGS
+    for mod, defined in list(fv.flags_by_module_dict().items()):
+        if mod != module_name and is_command_module(mod):
+            for f in list(defined):
+                if f.name in fv and fv[f.name] is f:
+                    delattr(fv, f.name)
+            fv.flags_by_module_dict().pop(mod, None)
+            sys.modules.pop(mod, None)
+    return importlib.import_module(module_name)
+
+
 def call(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int | None:
-    """Run a command's `main` in this process as `python -m ... ARGV` would (tests): parse the
-    flags, call, then reset every flag to its default."""
+    """Run a command's `main` in this process as `python -m ... ARGV` would (tests): with only
+    that command's flags defined (`load_command`), parse the flags, call, then reset every flag
+    to its default."""
+    load_command(main.__module__)
     try:
         rest = flags.FLAGS(["prog", *argv])
         return main(rest)

@@ -24,7 +24,8 @@ without `jobs_file` the stem pairs of `config.stems` from `config.audio_dir` are
 evaluation's ImageBind defaults to the generation's folder.)
   Fig. 7, N_D in {0, 2, 4, 6, 8, 12, 50}:
     python -m maestro_jax.sweep --config=configs/sweeps/nd.py W --config.generation.cim_checkpoint=ckpt/cim
-  Table 1, lambda1 in {0, .5, .7, .9, 1} (one trained CIM per value):
+  Table 1, lambda1 in {0, .5, .7, .9, 1} (one trained CIM per value; to train them too, in the
+  same run: `python -m maestro_jax.ablate --config=configs/ablations/lambda1.py`, likewise nq.py):
     python -m maestro_jax.sweep --config=configs/sweeps/lambda1.py W \
         --config.checkpoint_pattern='ckpt/cim_lambda{value}'
   Table 2, N_Q in {1, 5, 10, 15, 20} (one trained CIM per value):

@@ -62,14 +62,13 @@ def main(argv: list[str]) -> int:
     from maestro_jax.training.validate import ConfigError
 
     distributed.maybe_initialize(bool(config.get("distributed")))
-    # process 0 logs progress; the others only warnings and errors
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logging.getLogger("maestro_jax.train").setLevel(level)
+    log = logging.getLogger("maestro_jax.train")  # the trainer's logger (cli.run quiets the rest)
+    log.setLevel(logging.INFO)
     # orbax logs every checkpoint phase at INFO through absl; keep its warnings and errors only
     logging.getLogger("absl").addFilter(
         lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
     )
-    logging.info(
+    log.info(  # every process says who it is
         "process %d/%d, %d devices (%d local): %s",
         jax.process_index(),
         jax.process_count(),
@@ -77,16 +76,18 @@ def main(argv: list[str]) -> int:
         jax.local_device_count(),
         jax.devices()[0].device_kind,
     )
+    # process 0 logs progress; the others only warnings and errors
+    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     try:
         out = trainer(config.get("task", "cim")).train(config, _WORKDIR.value)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteError, UnreadableCheckpointError) as e:
-        logging.error("%s", e)
+        log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, NonFiniteError) else 1
-    logging.info("done at step %d", out["step"])
+    log.info("done at step %d", out["step"])
     return 0
 
 

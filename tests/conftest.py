@@ -64,40 +64,10 @@ def load_config_file(relpath: str):
     return module
 
 
-def _is_command(module_name: str) -> bool:
-    """A module whose absl flags belong to one command (top-level commands of the package, the
-    toy world's, data/*, convert/*/__main__, benchmarks/*): never imported by library code."""
-    commands = {
-        "maestro_jax.demo", "maestro_jax.generate", "maestro_jax.train", "maestro_jax.evaluate",
-        "maestro_jax.sweep", "maestro_jax.separate", "maestro_jax.encode_audio",
-        "maestro_jax.toy.build", "maestro_jax.toy.evaluate", "maestro_jax.lower",
-        "maestro_jax.app", "maestro_jax.ablate",
-    }  # fmt: skip
-    return (
-        module_name in commands
-        or module_name.startswith(("data.", "benchmarks."))
-        or (module_name.startswith("convert.") and module_name.endswith(".__main__"))
-    )
-
-
 def load_command(module_name: str):
-    """Import command module `module_name` (its flags at module level) in this test process.
+    """Import command module `module_name` (its flags at module level) in this test process, with
+    the flags of every other command removed (`maestro_jax.cli.load_command`). Run its main with
+    `maestro_jax.cli.call(module.main, argv)`, which makes sure of the same again."""
+    from maestro_jax import cli
 
-    Several commands define the same flag names (--config, --outdir, ...), and one pytest worker
-    runs many test files: the flags of every other command loaded before are removed (and its
-    module forgotten, so a later load defines them again). Run its main with
-    `maestro_jax.cli.call(module.main, argv)`."""
-    import importlib
-    import sys
-
-    from absl import flags
-
-    fv = flags.FLAGS
-    for mod, defined in list(fv.flags_by_module_dict().items()):
-        if mod != module_name and _is_command(mod):
-            for f in list(defined):
-                if f.name in fv:
-                    delattr(fv, f.name)
-            fv.flags_by_module_dict().pop(mod, None)
-            sys.modules.pop(mod, None)
-    return importlib.import_module(module_name)
+    return cli.load_command(module_name)

@@ -140,9 +140,12 @@ def test_loads_only_what_the_run_uses(folders, monkeypatch):
     monkeypatch.setattr(ocp.Checkpointer, "restore", spy)
     cfg = _cfg(folders, dtype="bfloat16")
     pool = gen.ModelPool()
-    t2v = gen.build_models(cfg, need_audio=False, pool=pool)
+    t2v = gen.build_models(cfg, need_audio=False, prompts=["a dog"], pool=pool)
     assert t2v.audio is None and t2v.separator is None
+    assert [d for d, _ in restored][0] == "text"  # read first, used, let go before the UNet
     assert {d for d, _ in restored} == {"unet", "vae", "text"}  # no ImageBind, CIM or separator
+    assert "text" not in t2v.params and set(t2v.contexts) == {"", "a dog"}
+    np.testing.assert_array_equal(gen_models.text_context(t2v, "a dog")[0], t2v.contexts["a dog"])
     assert [keys for d, keys in restored if d == "vae"] == [list(gen_models.VAE_DECODER_KEYS)]
     n = len(restored)
     m = gen.build_models(cfg, pool=pool)  # the same pool: only the audio parts are read now
@@ -155,7 +158,9 @@ def test_loads_only_what_the_run_uses(folders, monkeypatch):
     assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {
         jnp.dtype("bfloat16")
     }
-    assert set(m.params) == {"unet", "vae", "text", "imagebind_audio", "cim"}
+    assert set(m.params) == {"unet", "vae", "imagebind_audio", "cim"}
+    with pytest.raises(ValueError, match="text tower is not loaded"):
+        gen_models.text_context(m, "a cat")
     assert set(m.params["vae"]) == set(gen_models.VAE_DECODER_KEYS)
     hash(m.spec)  # static: a jit argument
 
@@ -195,11 +200,11 @@ def test_chunked_decode_equals_full(cfg_tiny):
 def test_auto_frame_chunk():
     vae = gen_models.tiny_spec().vae
     per = sampling.decode_bytes_per_frame(vae, (16, 16))
-    assert sampling.auto_frame_chunk(vae, 16, (16, 16), available=100 * per) == 16
-    assert sampling.auto_frame_chunk(vae, 16, (16, 16), available=9 * per) == 4  # divisor <= 4
-    assert sampling.auto_frame_chunk(vae, 6, (16, 16), available=9 * per) == 3
-    assert sampling.auto_frame_chunk(vae, 16, (16, 16), available=per) == 1
-    assert sampling.available_memory_bytes() > 0
+    assert sampling.auto_frame_chunk(vae, 16, (16, 16), budget=50 * per) == 16
+    assert sampling.auto_frame_chunk(vae, 16, (16, 16), budget=5 * per) == 4  # a divisor <= 5
+    assert sampling.auto_frame_chunk(vae, 6, (16, 16), budget=5 * per) == 3
+    assert sampling.auto_frame_chunk(vae, 16, (16, 16), budget=per // 2) == 1
+    assert 0 < sampling.decode_budget_bytes() <= sampling.HOST_DECODE_BYTES  # a CPU
 
 
 def test_t2v_takes_no_n_d(audio_dir):

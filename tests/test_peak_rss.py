@@ -27,9 +27,12 @@ def test_run_measured_and_table(peak_rss, tmp_path):
         "buf = bytearray(200_000_000); buf[::4096] = b'x' * len(buf[::4096])\n"
         "Path(sys.argv[1], 'f.bin').write_bytes(b'y' * 1_000_000)\n"
     )
+    # the child holds its peak for a while: when this (pytest) process is itself bigger than the
+    # child, the child's ru_maxrss says nothing and only the watchdog's samples count
+    held = code + "import time; time.sleep(0.5)\n"
     ok = peak_rss.run_measured(
-        "alloc", [sys.executable, "-c", code, str(tmp_path)], watch_dir=tmp_path,
-        log_path=tmp_path.parent / "alloc.log",
+        "alloc", [sys.executable, "-c", held, str(tmp_path)], watch_dir=tmp_path,
+        log_path=tmp_path.parent / "alloc.log", poll_s=0.05,
     )  # fmt: skip
     assert ok.returncode == 0 and ok.status == "ok"
     assert ok.peak_rss_bytes >= 200_000_000

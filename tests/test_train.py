@@ -197,21 +197,17 @@ def test_nan_stops_with_last_good_checkpoint(runs):
 
 def test_cli_exit_status_on_nan(tmp_path, monkeypatch):
     """`main` maps NonFiniteError to exit status 3 (the run itself is covered above)."""
-    from absl import flags
+    from maestro_jax import cli
 
-    from maestro_jax import train as train_cli
+    train_cli = cli.load_command("maestro_jax.train")
 
     def fail(config, workdir):
         raise training.NonFiniteError("step 3: loss=nan grad_norm=nan is not finite")
 
     monkeypatch.setattr(training, "train", fail)
-    argv = ["train", "--config=configs/cim.py:runlocal", f"--workdir={tmp_path}"]
     monkeypatch.chdir(REPO)
-    flags.FLAGS(argv)
-    try:
-        assert train_cli.main(["train"]) == 3
-    finally:
-        flags.FLAGS.unparse_flags()
+    argv = ["--config=configs/cim.py:runlocal", f"--workdir={tmp_path}"]
+    assert cli.call(train_cli.main, argv) == 3
 
 
 def test_tensorboard_events(runs):

@@ -24,12 +24,19 @@ def _cell(block: dict | None, key: str = "value", digits: int = 3) -> str:
     return f"{round(block[key], digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0"
 
 
-def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str:
+def markdown_table(
+    results: Sequence[dict],
+    label_header: str = "Method",
+    columns: Sequence[tuple[str, str, str, int]] = (),
+) -> str:
     """Table 3 layout: rows = methods (folders or sweep values), columns FVD / IA / AV-Align,
-    then AV-Align (2023 rule), placement accuracy when any row has it, and the video count."""
+    then AV-Align (2023 rule), placement accuracy when any row has it, the extra `columns`
+    ((header, block, key, digits): the cell is `row[block][key]`, e.g. a training ablation's
+    nearest-label accuracy) and the video count."""
     has_place = any("placement" in r for r in results)
     head = [label_header, "FVD ↓", "IA ↑", "AV-Align ↑", "AV-Align 2023"]
     head += ["Placement ↑"] if has_place else []
+    head += [c[0] for c in columns]
     head += ["Videos"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -37,6 +44,7 @@ def markdown_table(results: Sequence[dict], label_header: str = "Method") -> str
                _cell(r.get("av_align")), _cell(r.get("av_align_2023"))]  # fmt: skip
         if has_place:
             row.append(_cell(r.get("placement"), "accuracy"))
+        row += [_cell(r.get(block), key, digits) for _, block, key, digits in columns]
         row.append(str(r.get("n_videos", 0)))
         lines.append("| " + " | ".join(row) + " |")
     ia0 = next((r["ia"] for r in results if r.get("ia")), None)

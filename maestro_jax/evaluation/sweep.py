@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,13 @@ def base_jobs(cfg) -> list[Job]:
     return jobs
 
 
-def _label(v: Any) -> str:
+def value_label(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def value_dir(outdir: str | Path, param: str, value: Any) -> Path:
+    """The folder of one swept value: OUTDIR/<param>_<value>."""
+    return Path(outdir) / re.sub(r"[^A-Za-z0-9._-]", "_", f"{param}_{value_label(value)}")
 
 
 def _checkpoint_map(cfg) -> dict[str, str]:
@@ -103,7 +108,7 @@ def _checkpoint_map(cfg) -> dict[str, str]:
         k, sep, v = item.partition("=")
         if not sep:
             raise SweepError(f"config.checkpoints item {item!r} is not VALUE=FOLDER")
-        out[_label(_num(k.strip()))] = v.strip()
+        out[value_label(_num(k.strip()))] = v.strip()
     return out
 
 
@@ -115,15 +120,17 @@ def _num(s: str) -> Any:
     return int(f) if f.is_integer() and "." not in s else f
 
 
-def plan(cfg) -> list[Point]:
-    """Every value's config, jobs and folder; raises SweepError before any compute."""
+def plan(cfg, require_cims: bool = True) -> list[Point]:
+    """Every value's config, jobs and folder; raises SweepError before any compute.
+    `require_cims=False`: N_Q / lambda1 CIM folders named by `checkpoints` or
+    `checkpoint_pattern` need not exist yet (a training ablation writes them first)."""
     param = cfg.param
     if param not in PARAMS:
         raise SweepError(f"config.param must be one of {PARAMS}, got {param!r}")
     values = list(cfg.param_values)
     if not values:
         raise SweepError("config.param_values is empty")
-    labels = [_label(v) for v in values]
+    labels = [value_label(v) for v in values]
     if len(set(labels)) != len(labels):
         raise SweepError(f"duplicate sweep values {labels}")
     jobs = base_jobs(cfg)
@@ -157,11 +164,11 @@ def plan(cfg) -> list[Point]:
             )
             if cim is None and tiny:
                 cim, make = str(out / "_tiny_cims" / f"{param}_{label}"), True
-            elif cim is None or not (Path(cim) / "params").exists():
+            elif cim is None or (require_cims and not (Path(cim) / "params").exists()):
                 missing.append(f"{label}: {cim or 'none given'}")
             for j in js:
                 j.checkpoint = cim
-        sub = out / re.sub(r"[^A-Za-z0-9._-]", "_", f"{param}_{label}")
+        sub = value_dir(out, param, v)
         points.append(Point(v, label, sub, g, js, cim, make))
     if missing:
         raise SweepError(
@@ -197,8 +204,11 @@ def _eval_key(sub: Path, eval_cfg, reference: str | None) -> dict:
     return {"videos": vids, "config": eval_cfg.to_json_best_effort(), "reference": reference}
 
 
-def evaluate_point(p: Point, eval_cfg, reference: str | None, log: Callable) -> dict:
-    """The evaluation of one value (reused from `metrics.json` when nothing changed)."""
+def evaluate_point(
+    p: Point, eval_cfg, reference: str | None, log: Callable, write: bool = True
+) -> dict:
+    """The evaluation of one value (reused from `metrics.json` when nothing changed; written
+    there when `write`)."""
     cache = p.subdir / "metrics.json"
     key = _eval_key(p.subdir, eval_cfg, reference) if p.subdir.is_dir() else None
     if key is not None and cache.is_file():
@@ -210,7 +220,8 @@ def evaluate_point(p: Point, eval_cfg, reference: str | None, log: Callable) -> 
         except (json.JSONDecodeError, KeyError):
             pass
     res = eval_score.evaluate_dirs([(p.label, p.subdir)], eval_cfg, reference, log)[0]
-    write_json(cache, {"key": _eval_key(p.subdir, eval_cfg, reference), "result": res})
+    if write:
+        write_json(cache, {"key": _eval_key(p.subdir, eval_cfg, reference), "result": res})
     return res
 
 
@@ -219,9 +230,15 @@ def _series(rows: Sequence[dict], block: str, key: str = "value") -> list[float]
     return [float((r.get(block) or {}).get(key, math.nan)) for r in rows]
 
 
-def write_plots(rows: Sequence[dict], param: str, outdir: Path) -> list[Path]:
+def write_plots(
+    rows: Sequence[dict],
+    param: str,
+    outdir: Path,
+    extra: Mapping[str, tuple[str, str, str]] | None = None,
+) -> list[Path]:
     """plot_ia.png, plot_av_align.png (2025 and 2023 rules), plot_fvd.png / plot_placement.png
-    when those metrics exist."""
+    when those metrics exist, and plot_<name>.png for each `extra` {name: (title, block, key)}
+    that some row has (`row[block][key]`)."""
     from maestro_jax.plots import line_plot
     from maestro_jax.video import write_png
 
@@ -243,6 +260,9 @@ def write_plots(rows: Sequence[dict], param: str, outdir: Path) -> list[Path]:
             "Placement vs " + t,
             {"accuracy": _series(rows, "placement", "accuracy")},
         )
+    for name, (title, block, key) in (extra or {}).items():
+        if any(r.get(block) for r in rows):
+            figs[name] = (f"{title} vs {t}", {title: _series(rows, block, key)})
     paths = []
     for name, (title, series) in figs.items():
         img = line_plot(x, series, title=title, x_title=t)
@@ -315,12 +335,10 @@ def _check_weights(points: Sequence[Point]) -> None:
             raise SweepError(f"--config.{name}: {path} does not exist")
 
 
-def run_sweep(cfg, log: Callable = print) -> dict:
-    """Generate + evaluate every value, then write the table, the plots and the grid.
-    Returns {'rows', 'failed', 'table', 'plots', 'grid'} (paths as strings)."""
-    from maestro_jax.generation import runner as gen
-
-    points = plan(cfg)
+def prepare(cfg, require_cims: bool = True) -> tuple[list[Point], Any, str | None]:
+    """(points, evaluation config, reference folder or None): every check of a sweep, before
+    any compute (SweepError)."""
+    points = plan(cfg, require_cims)
     ecfg = copy.deepcopy(cfg.evaluation)
     if ecfg.model == "full" and not ecfg.imagebind_checkpoint:
         ecfg.imagebind_checkpoint = cfg.generation.imagebind_checkpoint
@@ -337,44 +355,104 @@ def run_sweep(cfg, log: Callable = print) -> dict:
     except eval_videos.EvalError as e:
         raise SweepError(str(e)) from e
     _check_weights(points)
+    return points, ecfg, reference
+
+
+def run_point(
+    index: int,
+    p: Point,
+    param: str,
+    ecfg,
+    reference: str | None,
+    log: Callable = print,
+    pool: Any = None,
+) -> tuple[dict, bool]:
+    """Generate and evaluate one value: (its row, whether anything failed). With several
+    processes each generates its share of the jobs, then every process evaluates the value
+    and process 0 writes the cache. `pool`: the `generation.runner.ModelPool` that holds the
+    weights across values (None: this value's run loads and releases its own)."""
+    import jax
+
+    from maestro_jax import distributed
+    from maestro_jax.generation import runner as gen
+
+    log(f"== {TITLES[param]} = {p.label} -> {p.subdir}")
+    if p.make_tiny_cim and not (Path(p.cim) / "params").exists():
+        write_tiny_cim(Path(p.cim), int(p.gen_cfg.num_queries), seed=100 + index)
+    try:
+        rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False, pool=pool)
+    except gen.InputError as e:
+        raise SweepError(f"{TITLES[param]} = {p.label}: {e}") from e
+    failed = rc != 0
+    distributed.barrier(f"sweep_generated_{param}_{p.label}")  # every share written
+    try:
+        res = evaluate_point(p, ecfg, reference, log, write=jax.process_index() == 0)
+    except eval_videos.EvalError as e:
+        log(f"error: {TITLES[param]} = {p.label} not evaluated: {e}")
+        failed = True
+        res = {"name": p.label, "error": str(e), "n_videos": 0}
+    return {**res, "name": p.label, "value": p.value}, failed
+
+
+def write_outputs(
+    cfg,
+    points: Sequence[Point],
+    rows: Sequence[dict],
+    failed: Sequence[str],
+    log: Callable = print,
+    *,
+    name: str = "sweep",
+    title: str | None = None,
+    columns: Sequence[tuple[str, str, str, int]] = (),
+    notes: Sequence[str] = (),
+    plots: Mapping[str, tuple[str, str, str]] | None = None,
+    extra_json: dict | None = None,
+) -> dict:
+    """OUTDIR/<name>.md + <name>.json (the table: `report.markdown_table` with the extra
+    `columns`, then `notes`), the plots (`write_plots`, with `plots` as its extra figures) and
+    grid.png. Returns {'rows', 'failed', 'table', 'plots', 'grid'} (paths as strings)."""
     out = Path(cfg.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], []
-    pool = gen.ModelPool()  # every value's run shares the weights (loaded once)
-    for p in points:
-        log(f"== {TITLES[cfg.param]} = {p.label} -> {p.subdir}")
-        if p.make_tiny_cim and not (Path(p.cim) / "params").exists():
-            write_tiny_cim(Path(p.cim), int(p.gen_cfg.num_queries), seed=100 + len(rows))
-        try:
-            rc = gen.run(p.gen_cfg, p.jobs, p.subdir, strict=False, pool=pool)
-        except gen.InputError as e:
-            raise SweepError(f"{TITLES[cfg.param]} = {p.label}: {e}") from e
-        if rc != 0:
-            failed.append(p.label)
-        try:
-            res = evaluate_point(p, ecfg, reference, log)
-        except eval_videos.EvalError as e:
-            log(f"error: {TITLES[cfg.param]} = {p.label} not evaluated: {e}")
-            failed.append(p.label)
-            res = {"name": p.label, "error": str(e), "n_videos": 0}
-        res = {**res, "name": p.label, "value": p.value}
-        rows.append(res)
-    title = f"{TITLES[cfg.param]} sweep"
-    md = f"# {title}\n\n" + eval_report.markdown_table(rows, label_header=TITLES[cfg.param])
-    table_md = out / "sweep.md"
+    title = title or f"{TITLES[cfg.param]} sweep"
+    md = f"# {title}\n\n" + eval_report.markdown_table(rows, TITLES[cfg.param], columns)
+    md += "".join(f"- {n}\n" for n in notes)
+    table_md = out / f"{name}.md"
     with atomic_path(table_md) as tmp:
         tmp.write_text(md)
     summary_rows = [{k: v for k, v in r.items() if k != "per_video"} for r in rows]
-    write_json(out / "sweep.json", {
+    write_json(out / f"{name}.json", {
         "param": cfg.param, "values": [p.value for p in points], "rows": summary_rows,
-        "failed": failed, "config": json.loads(cfg.to_json_best_effort()),
+        "failed": list(failed), "config": json.loads(cfg.to_json_best_effort()),
+        **(extra_json or {}),
     })  # fmt: skip
-    plots = write_plots(rows, cfg.param, out)
+    plot_paths = write_plots(rows, cfg.param, out, plots)
     job = cfg.grid_job or points[0].jobs[0].name
     grid = write_grid(points, job, int(cfg.grid_frames), int(cfg.grid_height), out / "grid.png")
     log(md)
-    log(f"wrote {table_md}, {out / 'sweep.json'}, {len(plots)} plots and {grid}")
+    log(f"wrote {table_md}, {out / f'{name}.json'}, {len(plot_paths)} plots and {grid}")
     return {
-        "rows": rows, "failed": failed, "table": str(table_md),
-        "plots": [str(p) for p in plots], "grid": str(grid),
+        "rows": list(rows), "failed": list(failed), "table": str(table_md),
+        "plots": [str(p) for p in plot_paths], "grid": str(grid),
     }  # fmt: skip
+
+
+def run_sweep(cfg, log: Callable = print) -> dict:
+    """Generate + evaluate every value, then write the table, the plots and the grid.
+    Returns {'rows', 'failed', 'table', 'plots', 'grid'} (paths as strings; with several
+    processes only process 0 writes them, the others return {'rows', 'failed'})."""
+    import jax
+
+    from maestro_jax.generation import runner as gen
+
+    points, ecfg, reference = prepare(cfg)
+    Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
+    rows, failed = [], []
+    pool = gen.ModelPool()  # every value's run shares the weights (loaded once)
+    for i, p in enumerate(points):
+        res, bad = run_point(i, p, cfg.param, ecfg, reference, log, pool)
+        if bad:
+            failed.append(p.label)
+        rows.append(res)
+    if jax.process_index() != 0:
+        return {"rows": rows, "failed": failed}
+    return write_outputs(cfg, points, rows, failed, log)

@@ -16,7 +16,9 @@ def generation_config(variant: str) -> ml_collections.ConfigDict:
     c.cim_checkpoint = ""  # `python -m convert.cim` output
     c.separator_checkpoint = ""  # `python -m convert.audiosep` output (mixture + queries jobs)
     c.clap_tokenizer_dir = ""  # roberta-base vocab.json + merges.txt (text queries)
-    c.bpe_path = ""  # CLIP BPE file ('' = $MAESTRO_CLIP_BPE or an installed open_clip)
+    # CLIP BPE file; '' = the copy `convert.videocrafter --bpe` stored in checkpoint/text, else
+    # $MAESTRO_CLIP_BPE or an installed open_clip
+    c.bpe_path = ""
     c.num_frames = 16
     c.height = 320
     c.width = 512

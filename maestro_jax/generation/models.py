@@ -6,8 +6,10 @@ A run's networks are two things kept apart:
 - `ModelSpec`: every config (frozen and hashable, no arrays), so the jitted samplers take it as
   a static argument and jit's own cache reuses one compile for equal specs;
 - `Models`: a spec, its `params` (a dict pytree of device arrays in the compute dtype, one copy:
-  `unet`, `vae` (the decoder half), `text`, and with audio `imagebind_audio`, `cim`), the text
-  tokenizer (a host object) and, for mixture jobs, the separator (its own config and weights).
+  `unet`, `vae` (the decoder half), and with audio `imagebind_audio`, `cim`; `text` for tiny
+  models), the text tokenizer (a host object), the text contexts of the run's prompts and of the
+  empty prompt (encoded at build time, so the text tower of real weights is read, used and let
+  go before the UNet is read) and, for mixture jobs, the separator (its own config and weights).
 
 No module here caches anything: whoever builds `Models` holds the weights, and they go when it
 lets go of them. Real weights come from folders converted by `convert.*` (`load_models`, after
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -92,6 +94,9 @@ class Models:
     params: dict[str, Any]
     tokenizer: Callable[[Any], np.ndarray]
     separator: Separator | None = None
+    # text contexts [77, D] encoded when the models were built ('' = the null context): with
+    # them the text tower need not stay loaded (params may then hold no 'text')
+    contexts: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
 
     @property
     def audio(self) -> ae.AudioEncoder | None:
@@ -104,9 +109,6 @@ class Models:
     @property
     def random(self) -> bool:
         return self.spec.random
-
-    def with_params(self, **params: Any) -> Models:
-        return dataclasses.replace(self, params={**self.params, **params})
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
@@ -184,13 +186,16 @@ def init_random_models(
 
 # ----------------------------------------------------------------------------- real weights
 def load_vc2_params(checkpoint: Any, dtype: Any) -> dict[str, Any]:
-    """UNet, VAE decoder and text tower of a `convert.videocrafter` folder, on the device in
-    `dtype` (cast while reading; one copy)."""
+    """UNet and VAE decoder of a `convert.videocrafter` folder, on the device in `dtype` (cast
+    while reading; one copy). The text tower is read on its own (`load_text_params`)."""
     return {
         "unet": load_params_on_device(checkpoint / "unet", dtype)[0],
         "vae": load_params_on_device(checkpoint / "vae", dtype, keys=VAE_DECODER_KEYS)[0],
-        "text": load_params_on_device(checkpoint / "text", dtype)[0],
     }
+
+
+def load_text_params(checkpoint: Any, dtype: Any) -> Any:
+    return load_params_on_device(checkpoint / "text", dtype)[0]
 
 
 def separator_on_device(sep: Separator) -> Separator:
@@ -202,11 +207,27 @@ def separator_on_device(sep: Separator) -> Separator:
 
 
 # ----------------------------------------------------------------------------- text
+def encode_prompts(
+    text_params: Any, spec: ModelSpec, tokenizer: Any, prompts: Sequence[str]
+) -> dict[str, jax.Array]:
+    """{prompt: its context [77, D]}, each prompt encoded on its own (as `text_context` does)."""
+    return {p: ct.encode_text(text_params, spec.text, tokenizer, [p])[0] for p in prompts}
+
+
 def text_context(models: Models, prompts: str | Sequence[str]) -> jax.Array:
-    """Prompts -> [N, 77, D] (penultimate layer, as VideoCrafter2)."""
+    """Prompts -> [N, 77, D] (penultimate layer, as VideoCrafter2): the contexts encoded when
+    the models were built, else the text tower's."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if all(p in models.contexts for p in prompts):
+        return jnp.stack([models.contexts[p] for p in prompts])
+    if "text" not in models.params:
+        raise ValueError(
+            f"the text tower is not loaded (these models encoded {sorted(models.contexts)}): "
+            "build them with the prompts they are to sample"
+        )
     return ct.encode_text(models.params["text"], models.spec.text, models.tokenizer, prompts)
 
 
 def null_context(models: Models) -> jax.Array:
     """The empty prompt's embedding [77, D]: the null / unconditional context."""
-    return ct.null_embedding(models.params["text"], models.spec.text, models.tokenizer)
+    return text_context(models, [""])[0]

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,18 @@ class ModelPool:
         self._held[name] = (key, value)
         return value
 
-    def models(self, weights: gen_weights.RunWeights, cim_key: str = "", *, audio: bool = True,
-               separator: bool = False) -> gen_models.Models:  # fmt: skip
-        """The `Models` of one job group: the audio encoder of CIM `cim_key` when `audio`, the
-        separator when `separator` (everything checked by `gen_weights.check_weights` first)."""
+    def models(
+        self,
+        weights: gen_weights.RunWeights,
+        cim_key: str = "",
+        *,
+        audio: bool = True,
+        separator: bool = False,
+        prompts: Sequence[str] = (),
+    ) -> gen_models.Models:
+        """The `Models` of one job group: the text contexts of `prompts` and of the empty
+        prompt, the audio encoder of CIM `cim_key` when `audio`, the separator when `separator`
+        (everything checked by `gen_weights.check_weights` first)."""
         cfg = weights.cfg
         spec = weights.spec_for(cim_key, audio)
         dtype = spec.dtype
@@ -63,6 +72,7 @@ class ModelPool:
             tiny = self._part("base", key, lambda: gen_models.init_random_models(
                 cfg.seed, str(dtype), num_queries=cfg.num_queries, bpe_path=cfg.bpe_path or None,
             ))  # fmt: skip
+            contexts = self._contexts(weights, key, lambda: tiny.params["text"], prompts)
             params = {k: tiny.params[k] for k in ("unet", "vae", "text")}
             if audio:
                 params["imagebind_audio"] = tiny.params["imagebind_audio"]
@@ -74,6 +84,9 @@ class ModelPool:
         else:
             root = Path(cfg.checkpoint)
             key = (str(root.absolute()), str(dtype))
+            # the text tower first, on its own: it is let go before the UNet is read
+            load_text = lambda: gen_models.load_text_params(root, dtype)  # noqa: E731
+            contexts = self._contexts(weights, key, load_text, prompts)
             params = dict(self._part("base", key, lambda: gen_models.load_vc2_params(root, dtype)))
             if audio:
                 ib, cim_dir = weights.imagebind, weights.cims[cim_key or ""]
@@ -87,7 +100,20 @@ class ModelPool:
         if separator:
             sep = self._part("separator", (cfg.model, cfg.seed, str(weights.separator)),
                              lambda: _load_separator(weights))  # fmt: skip
-        return gen_models.Models(spec, params, weights.tokenizer, sep)
+        return gen_models.Models(spec, params, weights.tokenizer, sep, contexts)
+
+    def _contexts(self, weights: gen_weights.RunWeights, key: Any, load_text, prompts) -> dict:
+        """{prompt: context} of the empty prompt and `prompts`; the text tower (`load_text()`)
+        is read only for prompts not encoded before with the same weights, and let go after."""
+        held = self._part("contexts", key, dict)
+        wanted = ["", *prompts]
+        missing = [p for p in dict.fromkeys(wanted) if p not in held]
+        if missing:
+            text = load_text()
+            held.update(gen_models.encode_prompts(text, weights.spec, weights.tokenizer, missing))
+            del text
+            release_host_memory()
+        return {p: held[p] for p in wanted}
 
 
 def _load_separator(weights: gen_weights.RunWeights):
@@ -108,14 +134,15 @@ def check_run_weights(cfg, plans: list[Plan], spec: gen_models.ModelSpec) -> gen
 
 def build_models(
     cfg, cim_checkpoint: str | None = None, need_separator: bool = False, *,
-    need_audio: bool = True, pool: ModelPool | None = None,
+    need_audio: bool = True, prompts: Sequence[str] = (), pool: ModelPool | None = None,
 ) -> gen_models.Models:  # fmt: skip
-    """The models of a config (checked, then loaded into `pool`, a new one by default)."""
+    """The models of a config (checked, then loaded into `pool`, a new one by default), with
+    the text contexts of `prompts` (text-to-video) and of the empty prompt."""
     spec = gen_weights.base_spec(cfg)
     cims = {cim_checkpoint or ""} if need_audio else set()
     weights = gen_weights.check_weights(cfg, spec, cims, need_separator)
     return (pool or ModelPool()).models(
-        weights, cim_checkpoint or "", audio=need_audio, separator=need_separator
+        weights, cim_checkpoint or "", audio=need_audio, separator=need_separator, prompts=prompts
     )
 
 
@@ -190,9 +217,10 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | N
     for p in plans:
         groups.setdefault((p.job.checkpoint or "", p.kind == "mixture"), []).append(p)
     for (cim_key, need_sep), group in groups.items():
+        prompts = [p.job.prompt for p in group if p.kind == "t2v"]
+        audio = len(prompts) < len(group)  # Maestro jobs encode audio
         with watch.phase("load"):
-            models = pool.models(weights, cim_key, audio=any(p.kind != "t2v" for p in group),
-                                 separator=need_sep)  # fmt: skip
+            models = pool.models(weights, cim_key, audio=audio, separator=need_sep, prompts=prompts)
         if models.random:
             print("note: tiny RANDOM weights (a :runlocal config): videos show noise patterns")
         failed += _run_group(cfg, models, group, outdir, strict, watch)

@@ -301,28 +301,34 @@ def decode_bytes_per_frame(vae: VAEConfig, latent_hw: tuple[int, int]) -> int:
     return 32 * vae.ch * (h * ds) * (w * ds) + 12 * (h * w) ** 2
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the decode may use: free device memory on an accelerator (its `memory_stats`),
-    else the host's MemAvailable (/proc/meminfo); None when neither is known."""
+HOST_DECODE_BYTES = 2 << 30  # a CPU's decode budget, at most (see `decode_budget_bytes`)
+
+
+def decode_budget_bytes() -> int | None:
+    """Working memory the VAE decode may take: half the free memory of an accelerator (its
+    `memory_stats`); on a CPU half of MemAvailable (/proc/meminfo), at most `HOST_DECODE_BYTES`
+    (the host's memory is shared with everything else, and there more frames at once decode no
+    faster); None when nothing is known."""
     dev = jax.local_devices()[0]
     if dev.platform != "cpu":
         stats = dev.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-        return None
-    return proc_kib("/proc/meminfo", "MemAvailable")
+        if "bytes_limit" not in stats:
+            return None
+        return (int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))) // 2
+    available = proc_kib("/proc/meminfo", "MemAvailable")
+    return None if available is None else min(available // 2, HOST_DECODE_BYTES)
 
 
 def auto_frame_chunk(
-    vae: VAEConfig, num_frames: int, latent_hw: tuple[int, int], available: int | None = None
+    vae: VAEConfig, num_frames: int, latent_hw: tuple[int, int], budget: int | None = None
 ) -> int:
     """Frames to decode at once: all of them when their estimated working memory
-    (`decode_bytes_per_frame`) fits in half the available memory, else the largest divisor of
-    `num_frames` that does (at least 1), so no chunk is padding."""
-    available = available_memory_bytes() if available is None else available
-    if available is None:
+    (`decode_bytes_per_frame`) fits in `budget` (default `decode_budget_bytes()`), else the
+    largest divisor of `num_frames` that does (at least 1), so no chunk is padding."""
+    budget = decode_budget_bytes() if budget is None else budget
+    if budget is None:
         return num_frames
-    fit = max(1, (available // 2) // decode_bytes_per_frame(vae, latent_hw))
+    fit = max(1, budget // decode_bytes_per_frame(vae, latent_hw))
     return max(d for d in range(1, num_frames + 1) if num_frames % d == 0 and d <= fit)
 
 

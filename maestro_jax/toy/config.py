@@ -118,6 +118,20 @@ def _cim(root: ml_collections.FieldReference) -> ml_collections.ConfigDict:
     return c
 
 
+def cim_on_assets(assets: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+    """The `cim` stage trained against the committed toy weights (`assets_dir()` unless given:
+    its t2i/, vc/vae, vc/text and imagebind/ folders) instead of a build's `root`: what the
+    training ablations (`maestro_jax.evaluation.ablation`) retrain once per value."""
+    a = str(Path(assets or assets_dir()).absolute())
+    c = _cim(ml_collections.FieldReference(a))
+    c.model.unet.params = a + "/t2i"
+    c.model.vae.params = a + "/vc/vae"
+    c.model.text.params = a + "/vc/text"
+    c.model.imagebind.params = a + "/imagebind"
+    c.task = "cim"
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "generate"
     if variant not in VARIANTS:
@@ -202,7 +216,13 @@ def sweep_nd_config() -> ml_collections.ConfigDict:
     accuracy (`maestro_jax.metrics.placement.toy_placement`). IA is off (the toy world has no ImageBind vision
     branch); AV-Align needs no weights and is kept. A quick run: --config.toy_jobs=2
     --config.param_values='(0,4,20)'."""
-    c = sweep_config("default", "n_d", (0, 1, 2, 4, 6, 8, 12, 20), (), "toy_nd")
+    return toy_sweep_config("n_d", (0, 1, 2, 4, 6, 8, 12, 20), "toy_nd")
+
+
+def toy_sweep_config(param: str, values: tuple, name: str) -> ml_collections.ConfigDict:
+    """A sweep over `param` on the committed toy weights: toy scenes as jobs, placement by box
+    colour, no ImageBind metrics (see `sweep_nd_config`)."""
+    c = sweep_config("default", param, values, (), name)
     c.variant = "toy"
     c.generation = generate_config()
     c.stems = ""
