@@ -143,9 +143,7 @@ def cudnn_traceable() -> bool:
     it, so a CPU-only host cannot stage it even for a CUDA export)."""
     x = jax.ShapeDtypeStruct((1, 8, 1, 64), jnp.bfloat16)
     try:
-        jax.eval_shape(
-            lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"), x
-        )
+        jax.eval_shape(lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"), x)
     except Exception:  # RuntimeError("cuDNN is not detected.") and kin
         return False
     return True
