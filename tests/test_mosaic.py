@@ -587,6 +587,30 @@ def test_uncond_rows_bitwise_plain_and_none_mode(env):
     np.testing.assert_array_equal(out[:n_f], np.asarray(env["plain"](q, ctx))[:n_f])
 
 
+def test_rows_split_statically_same_output_less_work(env):
+    """The edit runs on the conditional rows only and plain attention on the others: the same
+    output as computing both on every row and selecting (split_rows=False), for fewer FLOPs."""
+    q, ctx = env["qs"][RES[0]], env["ctx"]
+    pkv = _project(env["wk"], env["wv"])
+
+    def f(e, q, ctx):
+        return e(q, ctx, pkv, scale=SCALE, hw=RES[0])
+
+    for mode, boxes in (("locate", BOXES_A), ("mosaic", BOXES_B)):
+        split, full = (
+            mosaic.make_edit(mode, boxes=boxes, split_rows=s, **env["kw"]) for s in (True, False)
+        )
+        assert split.edit_rows == (True, False) and split.split_rows
+        np.testing.assert_allclose(
+            np.asarray(env["run"](split, q, ctx)), np.asarray(env["run"](full, q, ctx)),
+            rtol=1e-6, atol=1e-6,
+        )  # fmt: skip
+        flops = [
+            jax.jit(f).lower(e, q, ctx).compile().cost_analysis()["flops"] for e in (split, full)
+        ]
+        assert flops[0] < 0.75 * flops[1], (mode, flops)
+
+
 def test_wrong_resolution_is_clear(env):
     edit = mosaic.make_edit("mosaic", boxes=BOXES_A, **env["kw"])
     q = np.zeros((8, 12, HEADS, DH), np.float32)

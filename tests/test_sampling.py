@@ -61,3 +61,26 @@ def test_nd_values_share_one_compile(setup):
         )
     assert sampling._sample_maestro_batch._cache_size() == size
     assert np.abs(outs[0] - outs[1]).max() > 1e-5  # N_D changes the result
+
+
+def test_sampler_runs_under_its_mesh(setup, monkeypatch):
+    """With a mesh, the jitted sampler is called under it (`jax.set_mesh`: kernels that shard
+    themselves, like splash attention, read it while tracing), its job axis split over 'data';
+    without one, under no mesh. The compiled sampler itself is replaced by a spy."""
+    from maestro_jax.sharding import make_mesh
+
+    m, job = setup
+    seen = []
+
+    def spy(params, n_d, c_merge, *rest, **static):
+        seen.append((dict(jax.sharding.get_abstract_mesh().shape), c_merge.sharding))
+        return np.zeros((1, 1, 2), np.float32)
+
+    monkeypatch.setattr(sampling, "_sample_maestro_batch", spy)
+    st = sampling.SamplerSettings(steps=4, n_d=2)
+    mesh = make_mesh((1, 8), ("data", "fsdp"))
+    assert sampling.sample_maestro(m, [job], st, mesh=mesh).shape == (1, 2)
+    assert sampling.sample_maestro(m, [job], st).shape == (1, 2)
+    (with_mesh, sharding), (without, _) = seen
+    assert with_mesh == {"data": 1, "fsdp": 8} and without == {}
+    assert sharding.spec[0] == "data" and len(sharding.device_set) == 8

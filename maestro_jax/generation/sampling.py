@@ -15,6 +15,7 @@ The unconditional branch always sees the plain null embedding and is never edite
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -268,9 +269,11 @@ def sample_maestro(
     n_d = jnp.asarray(settings.n_d, jnp.int32)  # traced: N_D values share one compile
     static = dataclasses.replace(settings, n_d=0)
     ms = models.spec
-    out = _sample_maestro_batch(
-        models.params["unet"], n_d, *args, ms.unet, ms.schedule_name, static
-    )
+    # Under the mesh, kernels that shard themselves (splash attention) see it while tracing.
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+        out = _sample_maestro_batch(
+            models.params["unet"], n_d, *args, ms.unet, ms.schedule_name, static
+        )
     return out[:, 0]
 
 

@@ -29,6 +29,8 @@ False for the unconditional ones; unedited rows get plain attention over the con
 passes (bitwise the same as `dot_product_attention`), whatever the mode. For edited rows the edit
 uses its own stored contexts (C_merge for locating, C_sep^i for the mosaic) and ignores the
 passed context rows, so the sampler may pass C_merge (or anything of that shape) there.
+`edit_rows` is static: the plain attention runs on the unedited rows only and the edit on the
+edited rows only (no work is computed and thrown away).
 
 The public names of the three modules are re-exported here.
 """

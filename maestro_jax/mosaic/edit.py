@@ -164,11 +164,17 @@ class MosaicEdit:
         C_merge, 'null' -> the null embedding); None with background 'nearest'.
       locate_maps: per resolution (same order as `resolutions`) [N_A, F, h*w] M_i, or None.
       assigns: per resolution [F, h*w] int32 slot (0..N_A-1 sources, N_A background), or None.
-      edit_rows: [B] bool, True for the batch entries to edit (CFG conditional rows).
       strengthen_scale, weaken_scale: () float32 (arrays: new values never retrace).
-    Static fields: mode ('locate' | 'mosaic' | 'none'), resolutions ((h, w), ...), num_frames,
-    n_q, token_offset, locate_space ('logits' | 'probs'), attn_impl (for the plain, unedited
-    rows and the per-source attention: 'xla' | 'cudnn' | 'splash' | 'auto').
+    Static fields: edit_rows ([B] bools, True for the batch entries to edit: the CFG
+    conditional rows), mode ('locate' | 'mosaic' | 'none'), resolutions ((h, w), ...),
+    num_frames, n_q, token_offset, locate_space ('logits' | 'probs'), attn_impl (for the plain,
+    unedited rows and the per-source attention: 'xla' | 'cudnn' | 'splash' | 'auto'),
+    split_rows.
+
+    The rows are split statically (`split_rows`, the default): plain attention runs on the
+    unedited rows only and the edit on the edited rows only. split_rows=False computes both
+    for every row and selects afterwards (the former behaviour: the same numbers at about
+    twice the cross-attention work; kept as the reference of `benchmarks/cfg_split.py`).
     """
 
     c_merge: jax.Array | None
@@ -176,7 +182,7 @@ class MosaicEdit:
     c_background: jax.Array | None
     locate_maps: tuple[jax.Array, ...] | None
     assigns: tuple[jax.Array, ...] | None
-    edit_rows: jax.Array
+    edit_rows: tuple[bool, ...] = struct.field(pytree_node=False)
     strengthen_scale: jax.Array
     weaken_scale: jax.Array
     mode: str = struct.field(pytree_node=False, default="none")
@@ -186,6 +192,7 @@ class MosaicEdit:
     token_offset: int = struct.field(pytree_node=False, default=1)
     locate_space: str = struct.field(pytree_node=False, default="logits")
     attn_impl: str = struct.field(pytree_node=False, default="xla")
+    split_rows: bool = struct.field(pytree_node=False, default=True)
 
     def _res_index(self, hw: Resolution) -> int:
         hw = (int(hw[0]), int(hw[1]))
@@ -216,26 +223,51 @@ class MosaicEdit:
         Returns:
           [B*F, h*w, heads, dh].
         """
-        k, v = project_kv(context)
-        plain = dot_product_attention(q, k, v, scale=scale, impl=self.attn_impl)
         if self.mode == "none":
-            return plain
+            k, v = project_kv(context)
+            return dot_product_attention(q, k, v, scale=scale, impl=self.attn_impl)
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
         ri = self._res_index(hw)
-        n_b, n_f = self.edit_rows.shape[0], self.num_frames
+        n_b, n_f = len(self.edit_rows), self.num_frames
         bf, t = q.shape[:2]
         if bf != n_b * n_f or t != hw[0] * hw[1] or context.shape[0] != bf:
             raise ValueError(
                 f"MosaicEdit built for B={n_b} x F={n_f} rows at {hw}; got q {q.shape}, "
                 f"context {context.shape}"
             )
-        if self.mode == "locate":
-            edited = self._locate(q, project_kv, scale, ri, n_b, context.dtype)
-        elif self.mode == "mosaic":
-            edited = self._mosaic(q, project_kv, scale, ri, n_b, context.dtype)
-        else:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-        rows = jnp.repeat(self.edit_rows, n_f)[:, None, None, None]  # [B*F, 1, 1, 1]
-        return jnp.where(rows, edited.astype(plain.dtype), plain)
+        edit = self._locate if self.mode == "locate" else self._mosaic
+        if not self.split_rows:
+            k, v = project_kv(context)
+            plain = dot_product_attention(q, k, v, scale=scale, impl=self.attn_impl)
+            edited = edit(q, project_kv, scale, ri, n_b, context.dtype)
+            rows = np.repeat(np.asarray(self.edit_rows), n_f)[:, None, None, None]
+            return jnp.where(rows, edited.astype(plain.dtype), plain)
+        # Runs of consecutive batch entries with the same flag, as static row slices.
+        runs, b0 = [], 0
+        for b in range(1, n_b + 1):
+            if b == n_b or self.edit_rows[b] != self.edit_rows[b0]:
+                runs.append((self.edit_rows[b0], b0 * n_f, b * n_f))
+                b0 = b
+
+        def take(x, flag):
+            parts = [x[r0:r1] for f, r0, r1 in runs if f == flag]
+            return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+        out = {}
+        if not all(self.edit_rows):
+            k, v = project_kv(take(context, False))
+            out[False] = dot_product_attention(
+                take(q, False), k, v, scale=scale, impl=self.attn_impl
+            )
+        if any(self.edit_rows):
+            n_edit = sum(self.edit_rows)
+            out[True] = edit(take(q, True), project_kv, scale, ri, n_edit, context.dtype)
+        pieces, at = [], {False: 0, True: 0}
+        for f, r0, r1 in runs:
+            pieces.append(out[f][at[f] : at[f] + r1 - r0].astype(q.dtype))
+            at[f] += r1 - r0
+        return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
 
     def _locate(self, q, project_kv, scale, ri, n_b, ctx_dtype):
         n_f = self.num_frames
@@ -298,6 +330,7 @@ def make_edit(
     edit_rows: Sequence[bool] | np.ndarray | jax.Array,
     options: MosaicOptions = MosaicOptions(),
     attn_impl: str = "xla",
+    split_rows: bool = True,
 ) -> MosaicEdit:
     """Build one phase's `MosaicEdit` (host-side rasterisation; call once, before sampling).
 
@@ -312,6 +345,7 @@ def make_edit(
       options: `MosaicOptions` (token offset as given to `build_contexts`, cell rule,
         background, Object Locating's scales and space).
       attn_impl: attention implementation of the plain and per-source attention.
+      split_rows: run the plain and edited attention on their own rows only (see `MosaicEdit`).
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
@@ -321,6 +355,7 @@ def make_edit(
     edit_rows = np.asarray(edit_rows, bool)
     if edit_rows.ndim != 1 or edit_rows.size == 0:
         raise ValueError(f"edit_rows must be a non-empty [B] bool vector, got {edit_rows.shape}")
+    edit_rows = tuple(bool(r) for r in edit_rows)
     c_merge, c_sep, null_emb = jnp.asarray(c_merge), jnp.asarray(c_sep), jnp.asarray(null_emb)
     n_a = c_sep.shape[0]
     if c_merge.shape[0] != num_frames or c_sep.shape[1:] != c_merge.shape:
@@ -333,7 +368,7 @@ def make_edit(
     common = dict(
         c_merge=c_merge,
         c_sep=c_sep,
-        edit_rows=jnp.asarray(edit_rows),
+        edit_rows=edit_rows,
         strengthen_scale=jnp.float32(options.strengthen_scale),
         weaken_scale=jnp.float32(options.weaken_scale),
         mode=mode,
@@ -343,6 +378,7 @@ def make_edit(
         token_offset=int(token_offset),
         locate_space=options.locate_space,
         attn_impl=attn_impl,
+        split_rows=bool(split_rows),
     )
     if mode == "none":
         return MosaicEdit(c_background=None, locate_maps=None, assigns=None, **common)

@@ -30,8 +30,11 @@ Attention *edits* (Attention Mosaic) do not live here: a cross-attention layer t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import jax
@@ -137,6 +140,48 @@ def choose_impl(impl: str, q, k, v, bias=None, backend: str | None = None) -> st
     return "xla"
 
 
+def effective_impl(impl: str, q, k, v, bias=None, backend: str | None = None) -> str:
+    """What runs on `backend` for `impl`: 'auto' resolved (`choose_impl`), and 'splash' /
+    'cudnn' where they cannot run the `xla` they fall back to."""
+    impl = choose_impl(impl, q, k, v, bias, backend)
+    backend = backend or jax.default_backend()
+    if impl == "splash" and splash.unsupported_reason(q, k, v, bias) is not None:
+        return "xla"
+    if impl == "cudnn" and _cudnn_reason(q, k, v, bias, backend) is not None:
+        return "xla"
+    return impl
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """One `dot_product_attention` call seen while tracing (`recorded_calls`)."""
+
+    impl: str
+    q: jax.ShapeDtypeStruct
+    k: jax.ShapeDtypeStruct
+    has_bias: bool
+
+    def resolved(self, backend: str) -> str:
+        bias = jax.ShapeDtypeStruct((1,), jnp.float32) if self.has_bias else None
+        return effective_impl(self.impl, self.q, self.k, self.k, bias, backend)
+
+
+_RECORDERS: list[list[AttentionCall]] = []
+
+
+@contextlib.contextmanager
+def recorded_calls() -> Iterator[list[AttentionCall]]:
+    """Collect every `dot_product_attention` call traced inside the block (shapes as traced:
+    per example under vmap), e.g. to report which implementation each site gets on a platform
+    without running it."""
+    calls: list[AttentionCall] = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
+
 @functools.cache
 def cudnn_traceable() -> bool:
     """Whether this host can trace cuDNN fused attention (JAX checks for cuDNN while tracing
@@ -196,6 +241,9 @@ def dot_product_attention(
     """
     if impl not in IMPLS:
         raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
+    for calls in _RECORDERS:
+        sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+        calls.append(AttentionCall(impl, sds(q), sds(k), bias is not None))
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if impl == "auto":

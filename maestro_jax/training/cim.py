@@ -115,7 +115,8 @@ def build_task(
                 donate_argnums=(0,),
             )
             jitted["fn"] = loop_lib.compile_together(fn, "step")
-        return jitted["fn"](state, b, frozen, nan_step)
+        with jax.set_mesh(mesh):  # the mesh the kernels that shard themselves see (splash)
+            return jitted["fn"](state, b, frozen, nan_step)
 
     n_dev = jax.device_count()
 
@@ -128,7 +129,7 @@ def build_task(
 
     hooks = []
     if int(config.sample.every_steps) > 0:
-        hook = _sample_hook(config, models, spec, frozen, data_dir, repl)
+        hook = _sample_hook(config, models, spec, frozen, data_dir, mesh)
         if hook is not None:
             hooks.append(loop_lib.Hook(int(config.sample.every_steps), hook))
     task = loop_lib.Task(
@@ -158,11 +159,12 @@ def build_task(
     return task, loop
 
 
-def _sample_hook(config, models, spec, frozen, data_dir, repl):
+def _sample_hook(config, models, spec, frozen, data_dir, mesh):
     """Sample images on held-out audio (None when there is none): every process runs the
     replicated sampler, process 0 writes samples/step_<n>.png and the TensorBoard image."""
     from maestro_jax.video import contact_sheet, to_uint8, write_png
 
+    repl = NamedSharding(mesh, P())
     heldout = data_lib.heldout_mel(config, data_dir)
     if heldout is None:
         return None
@@ -175,7 +177,8 @@ def _sample_hook(config, models, spec, frozen, data_dir, repl):
     fn = loop_lib.compile_together(fn, "sample")
 
     def hook(step: int, state: Any, out: loop_lib.Outputs) -> None:
-        imgs = fn(frozen, state["params"], heldout)
+        with jax.set_mesh(mesh):
+            imgs = fn(frozen, state["params"], heldout)
         if out.lead:
             imgs = np.asarray(jax.device_get(imgs))
             sheet = contact_sheet(to_uint8(imgs.reshape(-1, *imgs.shape[2:])), cols=imgs.shape[1])
