@@ -277,7 +277,7 @@ def _site_kind(call, frames: int) -> str:
         return "cross"
     if tq == tk == frames:
         return "temporal"
-    return "self"
+    return "self" if tq == tk else "other"
 
 
 def describe_sites(calls, backend: str, frames: int, no_cudnn: bool = False) -> str:
@@ -286,7 +286,7 @@ def describe_sites(calls, backend: str, frames: int, no_cudnn: bool = False) -> 
     seen = collections.Counter(
         (_site_kind(c, frames), c.q.shape[1], c.k.shape[1], c.resolved(backend)) for c in calls
     )
-    order = {"self": 0, "cross": 1, "temporal": 2}
+    order = {"self": 0, "cross": 1, "temporal": 2, "other": 3}
     parts = []
     for (kind, tq, tk, impl), n in sorted(
         seen.items(), key=lambda kv: (order[kv[0][0]], -kv[0][1])
