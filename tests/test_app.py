@@ -235,6 +235,13 @@ def test_http_api_limits_and_ids(tmp_path, toy_cfg):
         assert _http(url + "/api/files/..%2f..%2fuploads/mp4")[0] == 404
         gallery = json.loads(_http(url + "/api/gallery")[1])
         assert [g["id"] for g in gallery] == [job_id]
+        for sep, why in [
+            ({}, b"upload a mixture first"),
+            ({"mixture": ids[0], "queries": ["dog", ""]}, b"the query is empty"),
+        ]:
+            body = json.dumps({"client": "tab654321", "request": sep}).encode()
+            status, answer = _http(url + "/api/separate", body, "POST")
+            assert status == 400 and why in answer, answer
         status, body = _http(url + "/api/example/../../etc", b"", "POST")
         assert status in (400, 404)
         assert _http(url + "/api/info")[0] == 200  # still serving

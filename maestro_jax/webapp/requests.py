@@ -156,6 +156,12 @@ def settings_of(body: Any, cfg) -> dict:
     }
 
 
+def _round(value: Any) -> float:
+    """A coordinate to 1e-4 of the frame (far below a pixel), so that the job's JSON, its
+    command line and the video agree exactly."""
+    return round(float(value), 4)
+
+
 def _boxes_of(items: Any, n: int) -> list:
     if not isinstance(items, list) or len(items) != n:
         raise RequestError(f"boxes: give one box per source ({n}), got {items!r:.60}")
@@ -166,13 +172,13 @@ def _boxes_of(items: Any, n: int) -> list:
             if not isinstance(kfs, list) or not kfs:
                 raise RequestError(f"boxes[{i}].keyframes: a list of [position, [l, t, r, b]]")
             try:
-                kfs = sorted(((float(p), [float(c) for c in box]) for p, box in kfs))
+                kfs = sorted(((_round(p), [_round(c) for c in box]) for p, box in kfs))
             except (TypeError, ValueError) as e:
                 raise RequestError(f"boxes[{i}].keyframes: {e}") from e
             out.append({"keyframes": [[p, box] for p, box in kfs]} if len(kfs) > 1 else kfs[0][1])
         elif isinstance(b, list):
             try:
-                out.append([float(c) for c in b])
+                out.append([_round(c) for c in b])
             except (TypeError, ValueError) as e:
                 raise RequestError(f"boxes[{i}]: four numbers (left, top, right, bottom)") from e
         else:
@@ -190,6 +196,14 @@ def job_of(body: Any, store: AudioStore, cfg, name: str) -> tuple[Job, dict]:
     if unknown:
         raise RequestError(f"unknown field(s) {unknown}")
     settings = settings_of(body.get("settings"), cfg)
+    audio, n = sources_of(body, store)
+    boxes = _boxes_of(body.get("boxes"), n)
+    job = Job(name=name, boxes=boxes, seed=settings["seed"], n_d=settings["n_d"], **audio)
+    return job, settings
+
+
+def sources_of(body: dict, store: AudioStore) -> tuple[dict, int]:
+    """({'audio': [paths]} | {'mixture': path, 'queries': [...]}, number of sources)."""
     sources, mixture = body.get("sources") or [], body.get("mixture")
     if bool(sources) == bool(mixture):
         raise RequestError("sources: give one sound per source, or a mixture with queries")
@@ -212,9 +226,7 @@ def job_of(body: Any, store: AudioStore, cfg, name: str) -> tuple[Job, dict]:
         audio = {"audio": [str(store.path_of(s)) for s in sources]}
     if n > store.limits.max_sources:
         raise RequestError(f"sources: {n} is more than this app takes ({store.limits.max_sources})")
-    boxes = _boxes_of(body.get("boxes"), n)
-    job = Job(name=name, boxes=boxes, seed=settings["seed"], n_d=settings["n_d"], **audio)
-    return job, settings
+    return audio, n
 
 
 def run_config(cfg, settings: dict):

@@ -10,6 +10,7 @@ error is a 500 with one line, and the server keeps serving.
     GET  /api/audio/ID           a stored sound
     POST /api/check              validate a request without queueing it
     POST /api/jobs               {client, request} -> {id, position, warnings}
+    POST /api/separate           {client, request: {mixture, queries}}: the stems alone
     GET  /api/jobs/ID            state, stage, DDIM step, result
     POST /api/jobs/ID/cancel
     GET  /api/queue              the running and waiting jobs
@@ -128,6 +129,15 @@ def make_app(service: Service) -> Starlette:
         )
         return JSONResponse(out)
 
+    async def separate(request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise RequestError("the request must be a JSON object {client, request}")
+        out = await anyio.to_thread.run_sync(
+            service.separate, body.get("request"), body.get("client")
+        )
+        return JSONResponse(out)
+
     async def job(request: Request) -> Response:
         view = service.queue.get(request.path_params["id"])
         return JSONResponse(view) if view else _error("no such job", 404)
@@ -159,6 +169,7 @@ def make_app(service: Service) -> Starlette:
         Route("/api/audio/{id}", handler(audio)),
         Route("/api/check", handler(check), methods=["POST"]),
         Route("/api/jobs", handler(submit), methods=["POST"]),
+        Route("/api/separate", handler(separate), methods=["POST"]),
         Route("/api/jobs/{id}", handler(job)),
         Route("/api/jobs/{id}/cancel", handler(cancel), methods=["POST"]),
         Route("/api/queue", handler(queue)),

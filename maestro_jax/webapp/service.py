@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from maestro_jax import files, mosaic
-from maestro_jax.generation.jobs import output_paths
+from maestro_jax.generation.jobs import Job, output_paths
 from maestro_jax.webapp import requests as req
 from maestro_jax.webapp.queue import Entry, JobQueue, Progress
 
@@ -137,8 +137,7 @@ class Service:
     # ------------------------------------------------------------------ jobs
     def submit(self, body: Any, client: str) -> dict:
         """Validate a request (the `generate` command's checks) and queue it."""
-        if not isinstance(client, str) or not 8 <= len(client) <= 64 or not client.isalnum():
-            raise req.RequestError("client: a tab id of 8-64 letters and digits")
+        _check_client(client)
         job_id = new_job_id()
         job, settings = req.job_of(body, self.store, self.cfg, job_id)
         run_cfg = req.run_config(self.cfg, settings)
@@ -152,6 +151,40 @@ class Service:
         entry.steps, entry.n_d = settings["steps"], settings["n_d"]
         position = self.queue.submit(entry)
         return {"id": job_id, "position": position, "warnings": warnings}
+
+    def separate(self, body: Any, client: str) -> dict:
+        """Queue separating a mixture by its queries alone (the stems are then playable before
+        any boxes are drawn)."""
+        _check_client(client)
+        if not isinstance(body, dict) or not body.get("mixture"):
+            raise req.RequestError("mixture: upload a mixture first")
+        audio, n = req.sources_of({"mixture": body["mixture"], "queries": body.get("queries")},
+                                  self.store)  # fmt: skip
+        job_id = new_job_id()
+        job = Job(name=job_id, **audio)
+        summary = {"mixture": body["mixture"], "queries": job.queries, "separation": True}
+        position = self.queue.submit(Entry(job_id, client, ("separate", job), summary))
+        return {"id": job_id, "position": position, "warnings": []}
+
+    def _separate(self, job: Job, progress: Progress) -> dict:
+        from maestro_jax import audio as audio_lib
+        from maestro_jax.generation import outputs
+        from maestro_jax.generation import weights as gen_weights
+        from maestro_jax.generation.plan import Plan
+
+        cfg = self.cfg
+        try:
+            mixture = audio_lib.load_audio(job.mixture)
+        except (OSError, ValueError) as e:
+            raise req.RequestError(f"mixture: {e}") from e
+        weights = gen_weights.check_weights(cfg, gen_weights.base_spec(cfg), set(), True)
+        progress.stage("load", [job.name])
+        models = self.pool.models(weights, audio=False, separator=True)
+        progress.stage("prepare", [job.name])
+        plan = Plan(job, "mixture", [], mixture, (), (), 0, [])
+        outputs.sources_of(plan, models, self.results, cfg)
+        stems = sorted(output_paths(self.results, job.name)["stems"].glob("*.wav"))
+        return {"id": job.name, "kind": "separation", "stems": [p.name for p in stems]}
 
     def check(self, body: Any) -> dict:
         """Validate without queueing (the page's 'check' before a run)."""
@@ -183,6 +216,8 @@ class Service:
     def run_entry(self, entry: Entry, progress: Progress) -> dict:
         from maestro_jax.generation.runner import run
 
+        if entry.payload[0] == "separate":
+            return self._separate(entry.payload[1], progress)
         job, run_cfg = entry.payload
         status = run(run_cfg, [job], self.results, strict=True, pool=self.pool, progress=progress)
         if status != 0:
@@ -204,6 +239,11 @@ class Service:
 
     def close(self) -> None:
         self.queue.close()
+
+
+def _check_client(client: Any) -> None:
+    if not isinstance(client, str) or not 8 <= len(client) <= 64 or not client.isalnum():
+        raise req.RequestError("client: a tab id of 8-64 letters and digits")
 
 
 def _labels(body: dict, n: int) -> list[str]:

@@ -299,6 +299,7 @@ $("stem-files").addEventListener("change", async (ev) => {
 $("mixture-file").addEventListener("change", async (ev) => {
   const f = ev.target.files[0];
   if (!f) return;
+  $("separated").innerHTML = "";
   try { state.mixture = await upload(f); say("input-msg", "mixture ready: add one query per source", "ok"); }
   catch (e) { say("input-msg", e.message, "error"); }
   ev.target.value = "";
@@ -307,6 +308,7 @@ $("mixture-file").addEventListener("change", async (ev) => {
 $("demo-mixture").addEventListener("click", async () => {
   try {
     const d = await api("/api/example/demo", {method: "POST"});
+    $("separated").innerHTML = "";
     state.mixture = d;
     state.queries = d.queries.map((q, i) => ({label: q, kf: {0: d.boxes[i].map((v) => Math.round(v * 1000) / 1000)}}));
     say("input-msg", "the toy world's demo mixture, with its queries and boxes", "ok");
@@ -320,6 +322,25 @@ for (const el of document.querySelectorAll("input[name=kind]")) el.addEventListe
   $("mixture-panel").hidden = state.kind !== "mixture";
   renderSources(); validate();
 });
+
+$("separate").addEventListener("click", async () => {
+  const req = {mixture: state.mixture && state.mixture.id, queries: state.queries.map((q) => q.label)};
+  try {
+    const r = await post("/api/separate", {client: state.client, request: req});
+    state.job = r.id; sessionStorage.setItem("maestro-job", r.id);
+    say("run-msg", r.position ? `separation queued: ${r.position} job(s) before it` : "separating", "ok");
+    poll();
+  } catch (e) { say("input-msg", e.message, "error"); }
+});
+function showSeparated(r) {
+  const box = $("separated");
+  box.innerHTML = "";
+  r.stems.forEach((name, i) => {
+    const au = document.createElement("audio");
+    au.controls = true; au.preload = "none"; au.src = `/api/files/${r.id}/stem?i=${i}`;
+    box.append(document.createTextNode(`${name} `), au, document.createElement("br"));
+  });
+}
 
 // ------------------------------------------------------------------ run
 $("generate").addEventListener("click", async () => {
@@ -360,7 +381,9 @@ async function poll() {
   $("status").textContent = text;
   if (!active) {
     state.job = null; sessionStorage.removeItem("maestro-job");
-    if (j.state === "done") { say("run-msg", "done", "ok"); showResult(j.result); gallery(); }
+    if (j.state === "done" && j.result.kind === "separation") {
+      say("run-msg", "separated: the stems are under the mixture", "ok"); showSeparated(j.result);
+    } else if (j.state === "done") { say("run-msg", "done", "ok"); showResult(j.result); gallery(); }
     else say("run-msg", j.message || j.state, j.state === "failed" ? "error" : "warn");
     return;
   }
