@@ -199,3 +199,23 @@ def test_bad_input_is_explained_in_the_page(app, browser, tmp_path):
     d.find_element("id", "generate").click()
     _wait(d, lambda d: "settings.n_d" in _text(d, "run-msg"), what="the settings check")
     assert svc.queue.snapshot() == []  # nothing was queued
+
+
+def test_cancel_stops_the_sampler_and_the_app_serves_on(app, tmp_path):
+    """After the first test the sampler with the progress hook is compiled: a job cancelled at
+    its first DDIM steps ends 'cancelled' before its last step, and writes no video."""
+    svc, url = app
+    ids = [svc.store.add(p.read_bytes(), p.name)["id"] for p in _toy_wavs(tmp_path)]
+    request = {"sources": ids, "boxes": [[0, 0.2, 0.5, 0.8], [0.5, 0.2, 1, 0.8]],
+               "settings": {"steps": 4, "n_d": 2}}  # fmt: skip
+    job_id = svc.submit(request, "canceltab01")["id"]
+    end = time.time() + 300
+    while svc.queue.get(job_id)["step"] < 1 and time.time() < end:
+        time.sleep(0.01)
+    assert svc.queue.cancel(job_id)
+    assert svc.queue.wait_idle(120)
+    view = svc.queue.get(job_id)
+    assert view["state"] == "cancelled" and view["step"] < 4, view
+    assert not (svc.results / f"{job_id}.mp4").exists()
+    with urllib.request.urlopen(f"{url}/api/queue", timeout=30) as r:
+        assert json.load(r) == []
