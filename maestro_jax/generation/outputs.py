@@ -1,6 +1,7 @@
 """What a generation job writes: separated stems (mixture jobs), the video with the mixture muxed
-in, the contact sheet and the settings JSON (last: a job whose JSON exists is finished). Nothing
-is written, and no folder made, until there is something to write."""
+in, the contact sheet and the settings JSON (last: it records the job's hash, and a job whose JSON
+records its current hash is finished). Nothing is written, and no folder made, until there is
+something to write."""
 
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
 """Validating generation jobs before anything is loaded: audio read, boxes parsed and checked
 against the attention levels, N_D against the steps (Maestro jobs only), the source count against
-the 77-token context."""
+the 77-token context. Warnings (printed and stored in the job's `.json`): audio padded or cut to
+the clip window, silent stems, identical or overlapping boxes, queries naming none of the
+separator's classes, more sources than the video model was trained with."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +43,71 @@ class Plan:
     mosaic_boxes: tuple
     n_d: int
     warnings: list[str]
+    job_hash: str = ""  # `generation.identity.job_hash`, recorded in the job's .json
+
+
+def _export_field(folder: str, field: str):
+    """A field of a weights folder's config.json (None when absent or unreadable)."""
+    if not folder:
+        return None
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get(field)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def plan_hints(cfg) -> dict:
+    """What the weights folders' config.json files say about the jobs (no weights read):
+    'separator_labels' (the classes a separator export was trained on), 'max_sources' (the
+    most sources the video UNet saw in training) and 'separator_max_sources' (the most sources
+    of the separator's training mixtures); None where an export does not record it (converted
+    real weights)."""
+    if cfg.model == "tiny":
+        return {"separator_labels": None, "max_sources": None, "separator_max_sources": None}
+    labels = _export_field(cfg.separator_checkpoint, "labels")
+    max_sources = _export_field(str(Path(cfg.checkpoint) / "unet"), "max_sources")
+    train = _export_field(cfg.separator_checkpoint, "train_config")
+    sep_max = train.get("max_sources") if isinstance(train, dict) else None
+    return {
+        "separator_labels": labels,
+        "max_sources": max_sources,
+        "separator_max_sources": sep_max,
+    }
+
+
+def _audio_warning(path: str, wave: np.ndarray, sr: int, window: float) -> str | None:
+    n, want = wave.shape[-1], int(round(window * sr))  # what `audio.encoder.stem_mel` keeps
+    seconds = n / sr
+    if n < want:
+        return f"audio {path} is {seconds:.2f} s, padded with silence to the {window:g} s window"
+    if n > want:
+        return (
+            f"audio {path} is {seconds:.2f} s; only its first {window:g} s are used "
+            f"({seconds - window:.2f} s dropped)"
+        )
+    return None
+
+
+def _box_warnings(boxes: tuple, num_frames: int) -> list[str]:
+    """Identical or overlapping boxes (in any frame): each pair once, with its largest IoU."""
+    from maestro_jax.generation.sampling import describe_boxes
+
+    per_frame = np.asarray(describe_boxes(boxes, num_frames), np.float64)  # [F, K, 4]
+    out = []
+    for i in range(per_frame.shape[1]):
+        for j in range(i + 1, per_frame.shape[1]):
+            a, b = per_frame[:, i], per_frame[:, j]
+            if np.allclose(a, b):
+                out.append(f"boxes {i} and {j} are identical: their sources share one region")
+                continue
+            w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+            h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+            inter = w * h
+            area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+            iou = float(np.max(inter / np.maximum(area(a) + area(b) - inter, 1e-12)))
+            if iou > 0:
+                out.append(f"boxes {i} and {j} overlap (IoU up to {iou:.2f})")
+    return out
 
 
 def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
@@ -61,15 +130,27 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise JobError(f"job {job.name}: cannot read audio {p}: {e}") from e
 
+    window = float(cfg.clip_window)
     if job.audio:
         stems = [load(p) for p in job.audio]
-        for p, (w, _) in zip(job.audio, stems):
+        for p, (w, sr) in zip(job.audio, stems):
             if float(np.max(np.abs(w))) < 1e-4:
                 warnings.append(f"stem {p} is silent (peak < 1e-4)")
+            warnings += filter(None, [_audio_warning(p, w, sr, window)])
         kind = "stems"
     else:
         mixture = load(job.mixture)
+        warnings += filter(None, [_audio_warning(job.mixture, *mixture, window)])
         kind = "mixture"
+        labels = models_hint.get("separator_labels")
+        if labels:
+            known = {str(lab).strip().lower() for lab in labels}
+            for q in job.queries:
+                if q.strip().lower() not in known:
+                    warnings.append(
+                        f"query {q!r} names none of the separator's classes "
+                        f"({', '.join(map(str, labels))})"
+                    )
     n_a = job.num_sources
     if job.query_embeddings and not job.queries:
         with np.load(job.query_embeddings) as z:
@@ -82,6 +163,10 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         )
     if n_a < 1:
         raise JobError(f"job {job.name}: no sources")
+    for key, what in (("max_sources", "video model"), ("separator_max_sources", "separator")):
+        most = models_hint.get(key) if key == "max_sources" or kind == "mixture" else None
+        if most and n_a > int(most):
+            warnings.append(f"{n_a} sources, but the {what} was trained with at most {most}")
     try:
         loc, mos = _layout(job, cfg)
     except (ValueError, KeyError, TypeError) as e:
@@ -95,4 +180,5 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         mosaic.check_boxes(mos, models_hint["resolutions"], cfg.num_frames, cfg.mosaic.cell_rule)
     except ValueError as e:
         raise JobError(f"job {job.name}: {e}") from e
+    warnings += _box_warnings(loc, cfg.num_frames)
     return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings)
