@@ -235,6 +235,23 @@ def test_outdir_lock_and_temp_files(cfg, fake_compute, audio_dir, tmp_path):
     assert not (out / gen_outdir.LOCK_NAME).exists() and not (out / "failures.json").exists()
 
 
+def test_interrupted_run_leaves_no_temp_or_lock(cfg, fake_compute, audio_dir, tmp_path,
+                                               monkeypatch):  # fmt: skip
+    from maestro_jax.files import atomic_path
+
+    def write(plan, frames, mix, outdir, *a, **k):
+        with atomic_path(outdir / f"{plan.job.name}.mp4") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt  # Ctrl-C (SIGTERM unwinds the same way under cli.run)
+
+    monkeypatch.setattr(gen, "write_outputs", write)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        gen.run(cfg, [Job(name="j", audio=[str(audio_dir / "dog.wav")], boxes="0,0,.5,1")], out,
+                strict=False)  # fmt: skip
+    assert os.listdir(out) == []
+
+
 def test_bad_settings_are_named_before_models_load(cfg, fake_compute, audio_dir, tmp_path):
     job = Job(name="j", audio=[str(audio_dir / "dog.wav")], boxes="0,0,.5,1")
     for field, value in (("steps", 0), ("eta", -1.0), ("mode", "fast"), ("height", 4)):

@@ -76,8 +76,11 @@ _STR_LISTS = ("audio", "queries")
 _OPTIONAL_STR = ("mixture", "query_embeddings", "prompt", "checkpoint")
 
 
-def _field_error(index: int, name: Any, field: str, want: str, got: Any) -> JobError:
-    label = f"job {index} ({name})" if isinstance(name, str) else f"job {index}"
+def _field_error(index: int | None, name: Any, field: str, want: str, got: Any) -> JobError:
+    if index is None:  # a Job built in code (not read from a file): its name is its label
+        index, label = 0, f"job {name}"
+    else:
+        label = f"job {index} ({name})" if isinstance(name, str) else f"job {index}"
     return JobError(
         f"{label}: field {field!r} must be {want}, got {got!r}",
         job=name if isinstance(name, str) else f"job{index:04d}",
@@ -85,7 +88,7 @@ def _field_error(index: int, name: Any, field: str, want: str, got: Any) -> JobE
     )
 
 
-def _check_types(d: dict[str, Any], index: int) -> None:
+def _check_types(d: dict[str, Any], index: int | None) -> None:
     """Every field's type, before anything is read (a JSONL job's values are whatever JSON
     gave)."""
     name = d.get("name")
@@ -177,7 +180,9 @@ def read_jobs(path: str | os.PathLike, failures: list[JobError] | None = None) -
 
 
 def check_job_files(job: Job) -> None:
-    """Structural checks that need no model: sources given, files exist, names are safe."""
+    """Structural checks that need no model: field types, sources given, files exist, names are
+    safe."""
+    _check_types(job.to_json(), None)
     if not _NAME_OK.match(job.name):
         raise JobError(f"job {job.name!r}: name may only use letters, digits, '.', '_' and '-'")
     kinds = [bool(job.audio), bool(job.mixture), bool(job.prompt)]
@@ -189,7 +194,15 @@ def check_job_files(job: Job) -> None:
         raise JobError(f"job {job.name}: a mixture needs one text query per source (queries)")
     for p in list(job.audio) + ([job.mixture] if job.mixture else []):
         if not Path(p).is_file():
-            raise JobError(f"job {job.name}: audio file not found: {p}")
+            raise JobError(
+                f"job {job.name}: audio file not found: {p}", job=job.name, field="audio"
+            )
+    if job.query_embeddings and not Path(job.query_embeddings).is_file():
+        raise JobError(
+            f"job {job.name}: query embeddings not found: {job.query_embeddings}",
+            job=job.name,
+            field="query_embeddings",
+        )
     if job.n_d is not None and job.n_d < 0:
         raise JobError(f"job {job.name}: n_d must be >= 0, got {job.n_d}")
 

@@ -205,7 +205,10 @@ def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool, keep_existing: 
     for job in jobs:
         try:
             check_job_files(job)
-            digest = identity.job_hash(job, run_id)
+            try:
+                digest = identity.job_hash(job, run_id)
+            except OSError as e:
+                raise JobError(f"job {job.name}: cannot read its inputs: {e}", job=job.name) from e
             if identity.recorded_hash(outdir, job.name) == digest:
                 print(f"skip {job.name}: already done (same inputs and settings)")
                 continue
