@@ -45,7 +45,7 @@ def fake_compute(monkeypatch):
     def models(self, weights, cim_key="", **kw):
         return types.SimpleNamespace(random=True, audio=None, separator=None)
 
-    def sample(models, prepared, settings, mesh=None):
+    def sample(models, prepared, settings, mesh=None, progress=None):
         calls.extend(prepared)
         if 666 in prepared:
             raise RuntimeError("sampler blew up")

@@ -234,7 +234,7 @@ def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool, keep_existing: 
 
 def run(
     cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | None = None,
-    keep_existing: bool = False, failures: Sequence[Exception] = (),
+    keep_existing: bool = False, failures: Sequence[Exception] = (), progress: Any = None,
 ) -> int:  # fmt: skip
     """Validate every job and file, then generate the unfinished jobs. Returns the exit status.
 
@@ -247,8 +247,11 @@ def run(
     anything else and locked while jobs are written.
 
     `pool`: where the weights are held (a sweep passes one to all its runs); by default a pool of
-    this run's own, released when it returns. Prints `timing: {json}` (load, compile, sampling
-    seconds per DDIM step, decode) at the end."""
+    this run's own, released when it returns. `progress`: None, or a hook with
+    `stage(name, jobs)` (called on the host as each stage of the named jobs starts: 'load',
+    'prepare', 'sample', 'decode', 'write') and `step(i)` (passed to the sampler, see
+    `sampling.sample_maestro`). Prints `timing: {json}` (load, compile, sampling seconds per DDIM
+    step, decode) at the end."""
     import jax
 
     from maestro_jax.generation.jobs import split_for_process
@@ -273,7 +276,7 @@ def run(
     with gen_outdir.locked(outdir, lock):
         for p in gen_outdir.clean_temp_files(outdir, [p.job.name for p in plans]):
             print(f"removed {p} (left by an interrupted run)")
-        failed += _run_plans(cfg, plans, outdir, weights, pool or ModelPool())
+        failed += _run_plans(cfg, plans, outdir, weights, pool or ModelPool(), progress)
         gen_outdir.record_failures(fail_file, failed)
     if failed:
         names = ", ".join(r["job"] for r in failed)
@@ -282,7 +285,9 @@ def run(
     return 0
 
 
-def _run_plans(cfg, plans: list[Plan], outdir: Path, weights, pool: ModelPool) -> list[dict]:
+def _run_plans(
+    cfg, plans: list[Plan], outdir: Path, weights, pool: ModelPool, progress: Any = None
+) -> list[dict]:
     """Load each group's models and generate its jobs; the failures' rows."""
     watch = Stopwatch()
     groups: dict[Any, list[Plan]] = {}
@@ -292,11 +297,12 @@ def _run_plans(cfg, plans: list[Plan], outdir: Path, weights, pool: ModelPool) -
     for (cim_key, need_sep), group in groups.items():
         prompts = [p.job.prompt for p in group if p.kind == "t2v"]
         audio = len(prompts) < len(group)  # Maestro jobs encode audio
+        _stage(progress, "load", [p.job.name for p in group])
         with watch.phase("load"):
             models = pool.models(weights, cim_key, audio=audio, separator=need_sep, prompts=prompts)
         if models.random:
             print("note: tiny RANDOM weights (a :runlocal config): videos show noise patterns")
-        failed += _run_group(cfg, models, group, outdir, watch)
+        failed += _run_group(cfg, models, group, outdir, watch, progress)
     bad = {r["job"] for r in failed}
     for p in plans:
         if p.job.name not in bad:
@@ -305,7 +311,14 @@ def _run_plans(cfg, plans: list[Plan], outdir: Path, weights, pool: ModelPool) -
     return failed
 
 
-def _run_group(cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch) -> list[dict]:
+def _stage(progress: Any, name: str, jobs: list[str]) -> None:
+    if progress is not None:
+        progress.stage(name, jobs)
+
+
+def _run_group(
+    cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch, progress: Any = None
+) -> list[dict]:
     """Generate one group's jobs (t2v one at a time; Maestro jobs batched by (N_A, N_D) over the
     local devices). Every step of a job (separation, encoding, sampling, decoding, writing) is
     inside its `try`: a failure is reported and recorded, the other jobs go on. Returns the
@@ -328,12 +341,16 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch) -
         failed.append(gen_outdir.failure_row(e, p.job.name))
         bar.update(1)
 
-    def decode(latents):
+    step_hook = None if progress is None else progress.step
+
+    def decode(latents, names):
+        _stage(progress, "decode", names)
         with watch.phase("decode"):
             return sampling.decode(models, latents, cfg.frame_chunk)
 
     def write(p: Plan, frames, mix, extra: dict) -> None:
         try:
+            _stage(progress, "write", [p.job.name])
             extra = {"random_weights": models.random, "job_hash": p.job_hash, **extra}
             write_outputs(p, frames, mix, outdir, cfg, extra)
             bar.update(1)
@@ -342,12 +359,13 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch) -
 
     for p in [p for p in group if p.kind == "t2v"]:
         try:
+            _stage(progress, "sample", [p.job.name])
             with watch.phase("sample"):
                 lat = jax.block_until_ready(sampling.sample_t2v(
-                    models, p.job.prompt, spec, _settings(cfg, 0), p.job.seed))  # fmt: skip
+                    models, p.job.prompt, spec, _settings(cfg, 0), p.job.seed, step_hook))  # fmt: skip
             watch.steps += cfg.steps
-            frames = decode(lat)[0]
-        except Exception as e:  # noqa: BLE001
+            frames = decode(lat, [p.job.name])[0]
+        except Exception as e:  # noqa: BLE001 - a failing job is reported, not fatal
             fail(p, e)
             continue
         write(p, frames, None, {})
@@ -360,6 +378,7 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch) -
             prepared, ok, mixes = [], [], []
             for p in ps[i : i + batch]:
                 try:
+                    _stage(progress, "prepare", [p.job.name])
                     with watch.phase("prepare"):
                         stems, mix = sources_of(p, models, outdir, cfg)
                         tokens = ae.encode_stems(
@@ -376,13 +395,14 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch) -
                 continue
             # jobs split over the first len(prepared) devices: no padding work
             sub = _job_mesh(len(prepared)) if mesh is not None else None
+            names = [p.job.name for p in ok]
             try:
+                _stage(progress, "sample", names)
                 with watch.phase("sample"):
-                    lat = jax.block_until_ready(
-                        sampling.sample_maestro(models, prepared, _settings(cfg, n_d), mesh=sub)
-                    )
+                    lat = jax.block_until_ready(sampling.sample_maestro(
+                        models, prepared, _settings(cfg, n_d), mesh=sub, progress=step_hook))  # fmt: skip
                 watch.steps += cfg.steps
-                frames = decode(lat)
+                frames = decode(lat, names)
             except Exception as e:  # noqa: BLE001 - the batch's jobs fail, the others go on
                 for p in ok:
                     fail(p, e)
