@@ -48,8 +48,12 @@ def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, ex
     from maestro_jax.video import contact_sheet, write_png, write_video
 
     spec = video_spec(cfg)
+    window = cfg.clip_window
+    if plan.long is not None:  # a whole-audio job: its own length, a 4 s job's frame rate
+        spec = sampling.VideoSpec(plan.long.frames, spec.height, spec.width)
+        window = plan.long.frames / plan.long.rate
     paths = output_paths(outdir, plan.job.name)
-    fps = sampling.video_fps(spec, cfg.clip_window, cfg.save_fps)
+    fps = sampling.video_fps(spec, window, cfg.save_fps)
     audio, sr = mixture if mixture is not None else (None, None)
     write_video(paths["video"], frames, fps, audio, sr)
     boxes = (

@@ -9,10 +9,11 @@ import dataclasses
 import numpy as np
 
 from maestro_jax import mosaic
+from maestro_jax.generation import long as gl
 from maestro_jax.generation.jobs import Job, JobError, check_job_files
 
 
-def _layout(job: Job, cfg) -> tuple[tuple, tuple]:
+def _layout(job: Job, cfg, long=None) -> tuple[tuple, tuple]:
     boxes = job.boxes if job.boxes is not None else cfg.boxes
     if isinstance(boxes, str):
         return mosaic.parse_layout(boxes)
@@ -20,6 +21,11 @@ def _layout(job: Job, cfg) -> tuple[tuple, tuple]:
     for b in boxes:
         if isinstance(b, str):
             parsed.append(mosaic.parse_boxes(b))
+        elif isinstance(b, dict) and "keyframes_s" in b:  # [[seconds, [l,t,r,b]], ...]
+            if long is None:
+                raise ValueError("keyframes_s (seconds) need a whole-audio job (window 0)")
+            kfs = gl.seconds_to_positions(b["keyframes_s"], long.frames, long.rate)
+            parsed.append(mosaic.Boxes.keyframed(kfs))
         elif isinstance(b, dict):  # {"keyframes": [[pos, [l,t,r,b]], ...]}
             parsed.append(mosaic.Boxes.keyframed(b["keyframes"]))
         else:
@@ -39,6 +45,12 @@ class Plan:
     mosaic_boxes: tuple
     n_d: int
     warnings: list[str]
+    long: gl.LongSpec | None = None  # a whole-audio job (window 0): its frames and windows
+
+    @property
+    def num_frames(self) -> int | None:
+        """The frames of a whole-audio job (None: the config's num_frames)."""
+        return self.long.frames if self.long is not None else None
 
 
 def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
@@ -56,6 +68,11 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
     stems, mixture = [], None
 
     def load(p):
+        if job_window(job, cfg) == 0:  # refuse a too-long file before decoding it
+            seconds = gl.audio_seconds(p)
+            limit = gl.long_options(cfg)["max_seconds"]
+            if seconds is not None and seconds > limit:
+                raise JobError(f"job {job.name}: {p}: " + gl.too_long(seconds, limit))
         try:
             return audio_lib.load_audio(p)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
@@ -82,8 +99,10 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         )
     if n_a < 1:
         raise JobError(f"job {job.name}: no sources")
+    long = _long_spec(job, cfg, stems or [mixture])
+    frames = long.frames if long is not None else cfg.num_frames
     try:
-        loc, mos = _layout(job, cfg)
+        loc, mos = _layout(job, cfg, long)
     except (ValueError, KeyError, TypeError) as e:
         raise JobError(f"job {job.name}: bad boxes: {e}") from e
     if len(loc) != n_a:
@@ -91,8 +110,30 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
             f"job {job.name}: {n_a} sources but {len(loc)} boxes ({job.boxes or cfg.boxes})"
         )
     try:
-        mosaic.check_boxes(loc, models_hint["resolutions"], cfg.num_frames, cfg.mosaic.cell_rule)
-        mosaic.check_boxes(mos, models_hint["resolutions"], cfg.num_frames, cfg.mosaic.cell_rule)
+        mosaic.check_boxes(loc, models_hint["resolutions"], frames, cfg.mosaic.cell_rule)
+        mosaic.check_boxes(mos, models_hint["resolutions"], frames, cfg.mosaic.cell_rule)
     except ValueError as e:
         raise JobError(f"job {job.name}: {e}") from e
-    return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings)
+    return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings, long)
+
+
+def job_window(job: Job, cfg) -> float:
+    """Seconds of audio per video: the job's `window`, else the config's clip_window (0: all)."""
+    w = cfg.clip_window if job.window is None else job.window
+    if not (isinstance(w, (int, float)) and w >= 0):
+        raise JobError(f"job {job.name}: window must be >= 0 seconds (0 = the whole audio)")
+    return float(w)
+
+
+def _long_spec(job: Job, cfg, audio: list) -> gl.LongSpec | None:
+    """The whole-audio geometry of a window-0 job (None otherwise); JobError on bad audio."""
+    if job_window(job, cfg) > 0:
+        return None
+    opts = gl.long_options(cfg)
+    try:
+        return gl.long_spec(
+            [w.shape[-1] / sr for w, sr in audio], int(cfg.num_frames), opts["stride"],
+            opts["max_seconds"],
+        )  # fmt: skip
+    except gl.LongInputError as e:
+        raise JobError(f"job {job.name}: {e}") from e

@@ -21,6 +21,7 @@ from typing import Any
 from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.checkpoints import release_host_memory
+from maestro_jax.generation import long as long_gen
 from maestro_jax.generation import models as gen_models
 from maestro_jax.generation import sampling
 from maestro_jax.generation import weights as gen_weights
@@ -276,8 +277,9 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
             fail(p, e)
     by_shape: dict[Any, list[Plan]] = {}
     for p in (p for p in group if p.kind != "t2v"):
-        by_shape.setdefault((len(p.locate_boxes), p.n_d), []).append(p)
-    for (_n_a, n_d), ps in by_shape.items():
+        by_shape.setdefault((len(p.locate_boxes), p.n_d, p.num_frames), []).append(p)
+    for (_n_a, n_d, _frames), ps in by_shape.items():
+        sample_models = models  # whole-audio jobs: the same weights, windowed temporal attention
         for i in range(0, len(ps), batch):
             t0 = time.perf_counter()
             prepared, ok, mixes = [], [], []
@@ -285,12 +287,18 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
                 try:
                     with watch.phase("prepare"):
                         stems, mix = sources_of(p, models, outdir, cfg)
-                        tokens = ae.encode_stems(
-                            models.audio, stems, cfg.clip_window, cfg.clip_rule
-                        )
-                        prepared.append(sampling.prepare_job(
-                            models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
-                            _options(cfg)))  # fmt: skip
+                        if p.long is not None:
+                            sample_models, job = long_gen.prepare_long_job(
+                                models, stems, p, cfg, _options(cfg)
+                            )
+                            prepared.append(job)
+                        else:
+                            tokens = ae.encode_stems(
+                                models.audio, stems, cfg.clip_window, cfg.clip_rule
+                            )
+                            prepared.append(sampling.prepare_job(
+                                models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
+                                _options(cfg)))  # fmt: skip
                     ok.append(p)
                     mixes.append(mix)
                 except Exception as e:  # noqa: BLE001
@@ -301,7 +309,7 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
             sub = _job_mesh(len(prepared)) if mesh is not None else None
             with watch.phase("sample"):
                 lat = jax.block_until_ready(
-                    sampling.sample_maestro(models, prepared, _settings(cfg, n_d), mesh=sub)
+                    sampling.sample_maestro(sample_models, prepared, _settings(cfg, n_d), mesh=sub)
                 )
             watch.steps += cfg.steps
             frames = decode(lat)
