@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 
 from maestro_jax import mosaic
+from maestro_jax.audio import layout
 from maestro_jax.generation import long as gl
 from maestro_jax.generation.jobs import Job, JobError, check_job_files
 
@@ -46,6 +47,7 @@ class Plan:
     n_d: int
     warnings: list[str]
     long: gl.LongSpec | None = None  # a whole-audio job (window 0): its frames and windows
+    auto_layout: layout.AutoLayout | None = None  # boxes estimated from the sound ('auto')
 
     @property
     def num_frames(self) -> int | None:
@@ -101,8 +103,19 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         raise JobError(f"job {job.name}: no sources")
     long = _long_spec(job, cfg, stems or [mixture])
     frames = long.frames if long is not None else cfg.num_frames
+    auto = None
     try:
-        loc, mos = _layout(job, cfg, long)
+        if layout.is_auto(job.boxes if job.boxes is not None else cfg.boxes):
+            loc = mos = layout.spread_boxes(n_a)  # mixtures: replaced after separation
+            if kind == "stems":
+                seconds = frames / long.rate if long is not None else float(cfg.clip_window)
+                auto = layout.estimate_layout(
+                    [w for w, _ in stems], [r for _, r in stems], frames, seconds
+                )
+                loc = mos = auto.boxes
+                warnings += [f"boxes auto: {auto.note}"] if auto.note else []
+        else:
+            loc, mos = _layout(job, cfg, long)
     except (ValueError, KeyError, TypeError) as e:
         raise JobError(f"job {job.name}: bad boxes: {e}") from e
     if len(loc) != n_a:
@@ -114,7 +127,7 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
         mosaic.check_boxes(mos, models_hint["resolutions"], frames, cfg.mosaic.cell_rule)
     except ValueError as e:
         raise JobError(f"job {job.name}: {e}") from e
-    return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings, long)
+    return Plan(job, kind, stems, mixture, loc, mos, n_d, warnings, long, auto)
 
 
 def job_window(job: Job, cfg) -> float:

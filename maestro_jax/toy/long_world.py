@@ -8,7 +8,7 @@ New functions over `maestro_jax.toy.world` (whose clips, batches and weights sta
   draws an object only when the frame's centre lies in its span, with the world's size rule
   (radius from the loudness envelope).
 - `stereo_stems`: each object panned by its x position (constant-power law: left gain
-  cos(x pi / 2), right sin(x pi / 2)) and scaled by its size relative to the largest object: the
+  cos(x pi / 2), right sin(x pi / 2)), its loudness set by its size relative to the largest: the
   layout is in the sound, so boxes can be estimated from it (`maestro_jax.audio.layout`).
 """
 
@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from maestro_jax.audio import layout
 from maestro_jax.toy import batches as toy_batches
 from maestro_jax.toy import world as tw
 
@@ -102,10 +103,15 @@ def make_long_scenes(n: int, k: int = 2, seed: int = 0, **kw) -> list[LongScene]
 
 
 def stereo_stems(stems: np.ndarray, boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """float32 [K, 2, N]: stem k panned by its box's centre x (constant power) and scaled by its
-    size / the largest size."""
+    """float32 [K, 2, N]: stem k panned by its box's centre x (constant power) and scaled to an
+    level (`audio.layout.source_level` of its frame RMS) of 0.1 x its size / the largest size."""
     stems = np.asarray(stems, np.float32)
     x = 0.5 * (np.asarray(boxes)[:, 0] + np.asarray(boxes)[:, 2])
-    gain = np.asarray(sizes, np.float64) / float(np.max(sizes))
+    seconds = stems.shape[1] / tw.SR
+    frames = tw.num_frames_for(seconds)
+    rms = np.array(
+        [layout.source_level(layout.frame_rms(s, tw.SR, frames, seconds)[0]) for s in stems]
+    )
+    gain = 0.1 / np.maximum(rms, 1e-12) * np.asarray(sizes, np.float64) / float(np.max(sizes))
     lr = np.stack([np.cos(x * np.pi / 2), np.sin(x * np.pi / 2)], axis=1) * gain[:, None]
     return (stems[:, None, :] * lr[:, :, None]).astype(np.float32)
