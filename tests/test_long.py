@@ -195,3 +195,38 @@ def test_whole_audio_bad_input(wavs):
         _plan(wavs, ["a", "b"], max_seconds=8.0)  # refused from the header, before decoding
     with pytest.raises(JobError, match="window must be >= 0"):
         _plan(wavs, ["a", "b"], window=-1)
+
+
+# ----------------------------------------------------------------------------- toy command
+def test_toy_long_command_refuses_bad_flags_in_one_line(tmp_path, capsys):
+    from maestro_jax import cli
+    from tests.conftest import load_command
+
+    cmd = load_command("maestro_jax.toy.evaluate_long")
+    for argv, want in (
+        (["--stride", "9"], "--stride must lie in [1, 8], got 9"),
+        (["--methods", "naive,best"], "--methods 'naive,best'"),
+        (["--assets", str(tmp_path / "nope")], str(tmp_path / "nope")),
+    ):
+        assert cli.call(cmd.main, [*argv, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and want in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_long_toy_scene_truth():
+    from maestro_jax.toy import long_eval as le
+    from maestro_jax.toy import long_world as lw
+
+    a, b = lw.make_long_scenes(2, seed=1)
+    again = lw.make_long_scenes(1, seed=1)[0]
+    np.testing.assert_array_equal(a.stems, again.stems)
+    assert a.frames.shape == (24, 32, 32, 3) and a.stems.shape == (2, 12 * 16000)
+    for s in (a, b):
+        for k, (on, off) in enumerate(s.spans):
+            assert 0 <= on <= 6 and off - on >= 5 - 1e-9
+            t = np.arange(s.stems.shape[1]) / 16000
+            assert np.abs(s.stems[k][(t < on - 0.001) | (t > off + 0.001)]).max() == 0
+    res = le.score(a.frames, a, av_align=False)  # the true video places every present source
+    assert res["placement"] == 1.0 and res["clear"] == 1.0
+    assert le.seam_mask(24).nonzero()[0].tolist() == [7, 15]
