@@ -90,3 +90,9 @@ def test_auto_boxes_job(tmp_path):
     job["audio"] = [str(tmp_path / "m.wav")] * 2
     p = plan_job(job_from_dict(job), cfg, hint)
     assert p.warnings == [f"boxes auto: {al.MONO_NOTE}"]
+    # a sweep's stems item takes 'auto' as its boxes
+    from maestro_jax.evaluation.sweep import parse_stems
+
+    (swept,) = parse_stems("l.wav+r.wav:auto", str(tmp_path), seed=0)
+    p = plan_job(swept, cfg, hint)
+    assert swept.boxes == "auto" and p.auto_layout is not None

@@ -157,7 +157,7 @@ def wavs(tmp_path_factory):
     return d
 
 
-def _plan(wavs, audio, max_seconds=600.0, **job):
+def _plan(wavs, audio, max_seconds=600.0, flag_boxes=None, **job):
     from maestro_jax.generation.config import generation_config
     from maestro_jax.generation.jobs import job_from_dict
     from maestro_jax.generation.plan import plan_job
@@ -166,6 +166,8 @@ def _plan(wavs, audio, max_seconds=600.0, **job):
     cfg.num_frames = 8
     cfg.long.max_seconds = max_seconds
     j = job_from_dict({"audio": [str(wavs / f"{a}.wav") for a in audio], "window": 0, **job})
+    if flag_boxes is not None:
+        j.boxes = flag_boxes
     return plan_job(j, cfg, {"resolutions": ((8, 8), (4, 4), (2, 2))})
 
 
@@ -176,6 +178,9 @@ def test_whole_audio_plan(wavs):
     assert (p.long.frames, p.long.rate, p.long.starts) == (20, 2.0, (0, 4, 8, 12))
     per_frame = p.locate_boxes[0].per_frame(p.num_frames)
     assert per_frame[0, 0] == 0.0 and per_frame[-1, 0] == 0.5  # 9.5 s = the last frame
+    # the --box flag's form: keyframe times in seconds
+    same = _plan(wavs, ["a", "b"], flag_boxes=["0s:0,0,.5,1;9.5s:.5,0,1,1", ".5,0,1,1"])
+    np.testing.assert_array_equal(same.locate_boxes[0].per_frame(20), per_frame)
 
 
 def test_whole_audio_bad_input(wavs):
@@ -230,3 +235,40 @@ def test_long_toy_scene_truth():
     res = le.score(a.frames, a, av_align=False)  # the true video places every present source
     assert res["placement"] == 1.0 and res["clear"] == 1.0
     assert le.seam_mask(24).nonzero()[0].tolist() == [7, 15]
+
+
+def test_whole_audio_auto_boxes_job_end_to_end(tmp_path):
+    """A 6 s stereo job with window 0 and boxes auto: 6 frames at a 4-frame job's rate (1 fps),
+    windows 0-3 and 2-5, boxes from the channels' levels, the JSON says so."""
+    import json
+
+    from maestro_jax.audio import write_wav
+    from maestro_jax.generation import runner as gen
+    from maestro_jax.generation.config import generation_config
+    from maestro_jax.generation.jobs import Job
+
+    rng = np.random.default_rng(0)
+    for name, x in (("l", 0.2), ("r", 0.8)):
+        s = rng.uniform(-0.3, 0.3, 6 * 8000)
+        write_wav(
+            tmp_path / f"{name}.wav",
+            np.stack([s * np.cos(x * 1.5708), s * np.sin(x * 1.5708)]),
+            8000,
+        )
+    cfg = generation_config("runlocal")
+    cfg.num_frames, cfg.steps, cfg.n_d, cfg.long.stride = 4, 2, 1, 2
+    job = Job(
+        name="long",
+        audio=[str(tmp_path / "l.wav"), str(tmp_path / "r.wav")],
+        boxes="auto",
+        window=0,
+    )
+    assert gen.run(cfg, [job], tmp_path / "out", strict=True) == 0
+    meta = json.loads((tmp_path / "out" / "long.json").read_text())
+    assert meta["video"]["frames"] == 6 and meta["video"]["fps"] == 1.0
+    assert meta["video"]["duration_s"] == 6.0
+    boxes = np.array(meta["boxes_per_frame"])  # [F, K, 4]
+    assert boxes.shape == (6, 2, 4)
+    np.testing.assert_allclose((boxes[..., 0] + boxes[..., 2]) / 2, [[0.25, 0.75]] * 6, atol=0.01)
+    assert meta["auto_layout"]["note"] == ""
+    assert (tmp_path / "out" / "long.mp4").stat().st_size > 0

@@ -12,7 +12,7 @@ import numpy as np
 from maestro_jax.audio import layout, separation
 from maestro_jax.generation import sampling
 from maestro_jax.generation.jobs import output_paths, write_json
-from maestro_jax.generation.plan import Plan
+from maestro_jax.generation.plan import Plan, job_window
 
 
 def video_spec(cfg) -> sampling.VideoSpec:
@@ -75,7 +75,7 @@ def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, ex
     from maestro_jax.video import contact_sheet, write_png, write_video
 
     spec = video_spec(cfg)
-    window = cfg.clip_window
+    window = job_window(plan.job, cfg)
     if plan.long is not None:  # a whole-audio job: its own length, a 4 s job's frame rate
         spec = sampling.VideoSpec(plan.long.frames, spec.height, spec.width)
         window = plan.long.frames / plan.long.rate

@@ -14,13 +14,27 @@ from maestro_jax.generation import long as gl
 from maestro_jax.generation.jobs import Job, JobError, check_job_files
 
 
-def _layout(job: Job, cfg, long=None) -> tuple[tuple, tuple]:
-    boxes = job.boxes if job.boxes is not None else cfg.boxes
+def _seconds_items(text: str) -> list:
+    """'0s:l,t,r,b;6s:l,t,r,b' -> [[0.0, box], [6.0, box]]."""
+    out = []
+    for item in text.split(";"):
+        t, _, box = item.strip().partition(":")
+        if not t.endswith("s"):
+            raise ValueError(f"keyframe {item!r}: give every time in seconds ('6s:l,t,r,b')")
+        out.append([float(t[:-1]), mosaic.parse_box(box)])
+    return out
+
+
+def _layout(job: Job, cfg, long=None, boxes=None) -> tuple[tuple, tuple]:
+    if boxes is None:
+        boxes = job.boxes if job.boxes is not None else cfg.boxes
     if isinstance(boxes, str):
         return mosaic.parse_layout(boxes)
     parsed = []
     for b in boxes:
-        if isinstance(b, str):
+        if isinstance(b, str) and "s:" in b:  # '0s:l,t,r,b;6s:l,t,r,b': keyframes in seconds
+            parsed.append(_layout(job, cfg, long, [{"keyframes_s": _seconds_items(b)}])[0][0])
+        elif isinstance(b, str):
             parsed.append(mosaic.parse_boxes(b))
         elif isinstance(b, dict) and "keyframes_s" in b:  # [[seconds, [l,t,r,b]], ...]
             if long is None:

@@ -27,7 +27,7 @@ from maestro_jax.generation import sampling
 from maestro_jax.generation import weights as gen_weights
 from maestro_jax.generation.jobs import InputError, Job, JobError, is_done, output_paths
 from maestro_jax.generation.outputs import sources_of, video_spec, write_outputs
-from maestro_jax.generation.plan import Plan, plan_job
+from maestro_jax.generation.plan import Plan, job_window, plan_job
 from maestro_jax.generation.timing import Stopwatch
 
 __all__ = ["InputError", "ModelPool", "Plan", "build_models", "plan_job", "run"]
@@ -294,7 +294,7 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
                             prepared.append(job)
                         else:
                             tokens = ae.encode_stems(
-                                models.audio, stems, cfg.clip_window, cfg.clip_rule
+                                models.audio, stems, job_window(p.job, cfg), cfg.clip_rule
                             )
                             prepared.append(sampling.prepare_job(
                                 models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
