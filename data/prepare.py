@@ -18,6 +18,7 @@ from pathlib import Path
 
 from absl import flags
 
+from data import beam_flags
 from maestro_jax import cli
 from maestro_jax.data.beam_pipelines import prepare
 from maestro_jax.data.frames import FRAME_RULES
@@ -41,22 +42,12 @@ _FLOW_SIZE = flags.DEFINE_integer("flow_size", 256, "static-filter analysis size
 _SPLIT = flags.DEFINE_string("split", None, "override the split of every clip")
 _DROP_AUDIO = flags.DEFINE_bool("drop_audio", False, "do not store the 16 kHz audio")
 _RETRY = flags.DEFINE_bool("retry_errors", False, "run committed units that had errors again")
-_RUNNER = flags.DEFINE_string(
-    "runner", "DirectRunner", "Beam runner (DataflowRunner, FlinkRunner..)"
-)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "direct_num_workers", 0, "DirectRunner worker processes (0: one per core)"
-)
-_BEAM_OPTIONS = flags.DEFINE_string(
-    "beam_options", "", 'more Beam pipeline options, e.g. "--project=P --region=R"'
-)
 
 
 def main(argv: list[str]) -> int:
-    beam_args = cli.beam_args(_BEAM_OPTIONS.value, argv[1:])
+    beam_args = beam_flags.pipeline_args(argv[1:])
     if isinstance(beam_args, int):
         return beam_args
-    cli.quiet_beam()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     labels = None if _LABELS.value.lower() in ("none", "") else _LABELS.value
     if labels is not None and not Path(labels).is_file():
@@ -75,8 +66,8 @@ def main(argv: list[str]) -> int:
         summary = prepare(
             _INPUT.value, _OUT.value, _LAYOUT.value, labels, opts,
             files_per_part=_FILES_PER_PART.value, split=_SPLIT.value,
-            retry_errors=_RETRY.value, runner=_RUNNER.value,
-            num_workers=_NUM_WORKERS.value, beam_args=beam_args,
+            retry_errors=_RETRY.value, runner=beam_flags.RUNNER.value,
+            num_workers=beam_flags.NUM_WORKERS.value, beam_args=beam_args,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, ImportError) as e:
         return cli.error(str(e))

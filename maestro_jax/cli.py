@@ -87,7 +87,10 @@ _COMMANDS = frozenset({
 
 def is_command_module(module_name: str) -> bool:
     """A module whose absl flags belong to one command (the package's commands, the toy world's,
-    data/*, convert/*/__main__, benchmarks/*): never imported by library code."""
+    data/*, convert/*/__main__, benchmarks/*): never imported by library code. The flags that
+    several commands share (`convert.cli`, `data.beam_flags`) are not a command's."""
+    if module_name == "data.beam_flags":
+        return False
     return (
         module_name in _COMMANDS
         or module_name.startswith(("data.", "benchmarks."))

@@ -195,12 +195,18 @@ def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool):
     return spec, plans, failed
 
 
-def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | None = None) -> int:
+def run(
+    cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | None = None,
+    progress: Any = None,
+) -> int:  # fmt: skip
     """Validate every job and file, then generate the unfinished jobs. Returns the exit status.
 
     `pool`: where the weights are held (a sweep passes one to all its runs); by default a pool of
-    this run's own, released when it returns. Prints `timing: {json}` (load, compile, sampling
-    seconds per DDIM step, decode) at the end."""
+    this run's own, released when it returns. `progress`: None, or a hook with
+    `stage(name, jobs)` (called on the host as each stage of the named jobs starts: 'load',
+    'prepare', 'sample', 'decode', 'write') and `step(i)` (passed to the sampler, see
+    `sampling.sample_maestro`). Prints `timing: {json}` (load, compile, sampling seconds per DDIM
+    step, decode) at the end."""
     import jax
 
     from maestro_jax.generation.jobs import split_for_process
@@ -220,11 +226,12 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | N
     for (cim_key, need_sep), group in groups.items():
         prompts = [p.job.prompt for p in group if p.kind == "t2v"]
         audio = len(prompts) < len(group)  # Maestro jobs encode audio
+        _stage(progress, "load", [p.job.name for p in group])
         with watch.phase("load"):
             models = pool.models(weights, cim_key, audio=audio, separator=need_sep, prompts=prompts)
         if models.random:
             print("note: tiny RANDOM weights (a :runlocal config): videos show noise patterns")
-        failed += _run_group(cfg, models, group, outdir, strict, watch)
+        failed += _run_group(cfg, models, group, outdir, strict, watch, progress)
     for p in plans:
         if p.job.name not in failed:
             print(f"wrote {output_paths(outdir, p.job.name)['video']}")
@@ -235,7 +242,15 @@ def run(cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | N
     return 0
 
 
-def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch: Stopwatch):
+def _stage(progress: Any, name: str, jobs: list[str]) -> None:
+    if progress is not None:
+        progress.stage(name, jobs)
+
+
+def _run_group(
+    cfg, models, group: list[Plan], outdir: Path, strict: bool, watch: Stopwatch,
+    progress: Any = None,
+):  # fmt: skip
     """Generate one group's jobs (t2v one at a time; Maestro jobs batched by (N_A, N_D) over the
     local devices). Returns the names of the jobs that failed."""
     import jax
@@ -258,21 +273,26 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
         failed.append(p.job.name)
         bar.update(1)
 
-    def decode(latents):
+    step_hook = None if progress is None else progress.step
+
+    def decode(latents, names):
+        _stage(progress, "decode", names)
         with watch.phase("decode"):
             return sampling.decode(models, latents, cfg.frame_chunk)
 
     def write(p: Plan, frames, mix, extra: dict) -> None:
+        _stage(progress, "write", [p.job.name])
         write_outputs(p, frames, mix, outdir, cfg, {"random_weights": models.random, **extra})
         bar.update(1)
 
     for p in [p for p in group if p.kind == "t2v"]:
         try:
+            _stage(progress, "sample", [p.job.name])
             with watch.phase("sample"):
                 lat = jax.block_until_ready(sampling.sample_t2v(
-                    models, p.job.prompt, spec, _settings(cfg, 0), p.job.seed))  # fmt: skip
+                    models, p.job.prompt, spec, _settings(cfg, 0), p.job.seed, step_hook))  # fmt: skip
             watch.steps += cfg.steps
-            write(p, decode(lat)[0], None, {})
+            write(p, decode(lat, [p.job.name])[0], None, {})
         except Exception as e:  # noqa: BLE001 - a failing job is reported, not fatal
             fail(p, e)
     by_shape: dict[Any, list[Plan]] = {}
@@ -285,6 +305,7 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
             prepared, ok, mixes = [], [], []
             for p in ps[i : i + batch]:
                 try:
+                    _stage(progress, "prepare", [p.job.name])
                     with watch.phase("prepare"):
                         stems, mix = sources_of(p, models, outdir, cfg)
                         if p.long is not None:
@@ -307,12 +328,13 @@ def _run_group(cfg, models, group: list[Plan], outdir: Path, strict: bool, watch
                 continue
             # jobs split over the first len(prepared) devices: no padding work
             sub = _job_mesh(len(prepared)) if mesh is not None else None
+            names = [p.job.name for p in ok]
+            _stage(progress, "sample", names)
             with watch.phase("sample"):
-                lat = jax.block_until_ready(
-                    sampling.sample_maestro(sample_models, prepared, _settings(cfg, n_d), mesh=sub)
-                )
+                lat = jax.block_until_ready(sampling.sample_maestro(
+                    sample_models, prepared, _settings(cfg, n_d), mesh=sub, progress=step_hook))  # fmt: skip
             watch.steps += cfg.steps
-            frames = decode(lat)
+            frames = decode(lat, names)
             dt = (time.perf_counter() - t0) / len(prepared)
             for p, fr, mix in zip(ok, frames, mixes):
                 write(p, fr, mix, {"seconds_per_video": dt, "num_sources": len(p.locate_boxes)})

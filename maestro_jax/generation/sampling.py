@@ -126,19 +126,26 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Arr
 
 # The jitted samplers take the UNet config and the schedule's name as static arguments and the
 # weights as traced ones: jit's own cache reuses a compile for equal configs and holds no weights.
-@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings"))
-def _sample_t2v(params, cond, uncond, x_T, key, unet_config, schedule, settings):
+@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings", "progress"))
+def _sample_t2v(params, cond, uncond, x_T, key, unet_config, schedule, settings, progress=None):
     fn = _unet_fn(unet_config, params, settings.fps, None)
     return ddim_sample(
         fn, x_T, cond={"context": cond}, uncond={"context": uncond}, steps=settings.steps,
         eta=settings.eta, guidance=settings.guidance, schedule=schedule_named(schedule), key=key,
+        progress=progress,
     )  # fmt: skip
 
 
 def sample_t2v(
-    models: Models, prompt: str, spec: VideoSpec, settings: SamplerSettings, seed: int
+    models: Models,
+    prompt: str,
+    spec: VideoSpec,
+    settings: SamplerSettings,
+    seed: int,
+    progress: Callable[[Any], None] | None = None,
 ) -> jax.Array:
-    """Plain VideoCrafter2 text-to-video: latents [1, F, h, w, 4]. N_D does not apply."""
+    """Plain VideoCrafter2 text-to-video: latents [1, F, h, w, 4]. N_D does not apply.
+    `progress`: see `sample_maestro`."""
     ms = models.spec
     spec.check(ms)
     settings = dataclasses.replace(settings, n_d=0, mode="vanilla")
@@ -147,8 +154,9 @@ def sample_t2v(
     uncond = null_context(models)[None]
     x_T, key = initial_noise(seed, (1, *spec.latent_shape(ms)))
     return _sample_t2v(
-        models.params["unet"], cond, uncond, x_T, key, ms.unet, ms.schedule_name, settings
-    )
+        models.params["unet"], cond, uncond, x_T, key, ms.unet, ms.schedule_name, settings,
+        progress,
+    )  # fmt: skip
 
 
 def build_edits(
@@ -181,7 +189,7 @@ def build_edits(
 
 
 def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, unet_config, schedule,
-                 settings):  # fmt: skip
+                 settings, progress=None):  # fmt: skip
     """One job (B = 1): latents [1, F, h, w, 4].
 
     In 'maestro' mode the phase is chosen per step with `lax.cond(step < n_d, ...)` on a traced
@@ -192,6 +200,7 @@ def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, unet_confi
     common = dict(
         cond=cond, uncond=uncond, steps=settings.steps, eta=settings.eta,
         guidance=settings.guidance, schedule=schedule_named(schedule), key=key,
+        progress=progress,
     )  # fmt: skip
     unet_fn = functools.partial(_unet_fn, unet_config, params, settings.fps)
     if settings.mode != "maestro":  # one edit (or none) on every step
@@ -205,14 +214,16 @@ def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, unet_confi
     return ddim_sample(fn, x_T, **common)
 
 
-@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings"))
+@functools.partial(jax.jit, static_argnames=("unet_config", "schedule", "settings", "progress"))
 def _sample_maestro_batch(
-    params, n_d, c_merge, null_f, locate, mos, x_T, keys, unet_config, schedule, settings
-):
+    params, n_d, c_merge, null_f, locate, mos, x_T, keys, unet_config, schedule, settings,
+    progress=None,
+):  # fmt: skip
     """vmapped over a leading job axis of every array argument (params and N_D shared)."""
     one = functools.partial(
-        _maestro_one, unet_config=unet_config, schedule=schedule, settings=settings
-    )
+        _maestro_one, unet_config=unet_config, schedule=schedule, settings=settings,
+        progress=progress,
+    )  # fmt: skip
     return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0))(
         params, n_d, c_merge, null_f, locate, mos, x_T, keys
     )
@@ -252,10 +263,14 @@ def sample_maestro(
     jobs: Sequence[PreparedJob],
     settings: SamplerSettings,
     mesh: jax.sharding.Mesh | None = None,
+    progress: Callable[[Any], None] | None = None,
 ) -> jax.Array:
     """Sample a batch of prepared jobs of identical shapes in one compiled call.
 
     With a mesh, the job axis is split over its 'data' axis (pad the batch to a multiple of it).
+    `progress`: called from the device as `progress(step)` at the start of every DDIM step (a
+    host callback compiled in only when given; jit's cache keys on it, so pass the same callable
+    for every job to compile once). Raising in it stops the sampler: the call then raises.
     Returns latents [J, F, h, w, 4]."""
     settings.check()
     stack = lambda *xs: jnp.stack(xs)  # noqa: E731
@@ -273,7 +288,7 @@ def sample_maestro(
     static = dataclasses.replace(settings, n_d=0)
     ms = models.spec
     out = _sample_maestro_batch(
-        models.params["unet"], n_d, *args, ms.unet, ms.schedule_name, static
+        models.params["unet"], n_d, *args, ms.unet, ms.schedule_name, static, progress
     )
     return out[:, 0]
 

@@ -182,7 +182,8 @@ def box_color_accuracy(
 COLOUR_OUTCOMES = ("correct", "other", "elsewhere", "absent")
 
 
-def _check_unit_boxes(boxes: np.ndarray) -> None:
+def check_unit_boxes(boxes: np.ndarray) -> None:
+    """ValueError unless boxes [..., 4] are (x0, y0, x1, y1) in [0, 1] with x0 < x1, y0 < y1."""
     if (
         np.any(boxes < 0)
         or np.any(boxes > 1)
@@ -241,7 +242,7 @@ def colour_placement_outcomes(
         boxes = np.broadcast_to(boxes[:, None], (k, t, 4))
     elif boxes.shape != (k, t, 4):
         raise ValueError(f"boxes must be [{k}, 4] or [{k}, {t}, 4], got shape {boxes.shape}")
-    _check_unit_boxes(boxes.reshape(-1, 4))
+    check_unit_boxes(boxes.reshape(-1, 4))
     d2 = np.square(frames[..., None, :] - colors).sum(-1)  # [T, H, W, C]
     near = np.argmin(d2, axis=-1)
     vote = np.where(np.min(d2, axis=-1) <= tau * tau, near, -1)

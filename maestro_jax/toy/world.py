@@ -52,6 +52,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maestro_jax.metrics.placement import check_unit_boxes
+
 SR = 16000
 SECONDS = 4.0
 NUM_FRAMES = 8
@@ -448,13 +450,7 @@ def check_boxes(boxes, k: int) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64)
     if boxes.shape != (k, 4):
         raise ValueError(f"boxes must be [{k}, 4] (x0, y0, x1, y1), got shape {boxes.shape}")
-    if (
-        np.any(boxes < 0)
-        or np.any(boxes > 1)
-        or np.any(boxes[:, 2] <= boxes[:, 0])
-        or np.any(boxes[:, 3] <= boxes[:, 1])
-    ):
-        raise ValueError(f"boxes must be (x0, y0, x1, y1) in [0, 1] with x0 < x1, y0 < y1: {boxes}")
+    check_unit_boxes(boxes)
     return boxes
 
 
