@@ -10,7 +10,6 @@ import pytest
 
 from maestro_jax import mosaic
 from maestro_jax.generation import long as gl
-from maestro_jax.generation import models as gen_models
 from maestro_jax.generation import sampling
 from maestro_jax.nn import frame_windows as fw
 from maestro_jax.nn.attention import dot_product_attention
@@ -78,12 +77,14 @@ def test_window_fusion_equals_plain_temporal_layer_with_one_window():
 
 
 def test_sampler_accepts_long_videos_with_windows():
-    m = gen_models.init_random_models(0)
+    from maestro_jax.generation.config import generation_config
+    from maestro_jax.generation.weights import base_spec
+
     spec = sampling.VideoSpec(7, 32, 32)
-    trained = dataclasses.replace(m.spec, trained_frames=4)
+    trained = dataclasses.replace(base_spec(generation_config("runlocal")), trained_frames=4)
     with pytest.raises(ValueError, match="trained with 4"):
         spec.check(trained)
-    windowed = gl.windowed_models(dataclasses.replace(m, spec=trained), 4, 2).spec
+    windowed = gl.windowed_spec(trained, 4, 2)
     spec.check(windowed)
     with pytest.raises(ValueError, match="fewer than one window"):
         sampling.VideoSpec(3, 32, 32).check(windowed)

@@ -161,10 +161,15 @@ def seconds_to_positions(keyframes, frames: int, rate: float) -> list:
 
 def windowed_models(models, window: int, stride: int, at_once: int = 0):
     """`models` whose UNet fuses temporal attention over windows (the weights are shared)."""
-    unet = models.spec.unet.replace(
+    return dataclasses.replace(models, spec=windowed_spec(models.spec, window, stride, at_once))
+
+
+def windowed_spec(spec, window: int, stride: int, at_once: int = 0):
+    """A `ModelSpec` whose UNet fuses temporal attention over windows."""
+    unet = spec.unet.replace(
         temporal_window=int(window), temporal_stride=int(stride), windows_at_once=int(at_once)
     )
-    return dataclasses.replace(models, spec=dataclasses.replace(models.spec, unet=unet))
+    return dataclasses.replace(spec, unet=unet)
 
 
 def seam_frames(spec: LongSpec) -> np.ndarray:
