@@ -96,3 +96,39 @@ def test_auto_boxes_job(tmp_path):
     (swept,) = parse_stems("l.wav+r.wav:auto", str(tmp_path), seed=0)
     p = plan_job(swept, cfg, hint)
     assert swept.boxes == "auto" and p.auto_layout is not None
+
+
+def test_mixture_auto_boxes_separate_each_channel(monkeypatch):
+    """A stereo mixture job: each channel separated on its own, the layout from the separated
+    channels' levels; a mono mixture keeps the spread layout and says so."""
+    import types
+
+    from maestro_jax.audio import separation
+    from maestro_jax.generation import outputs
+    from maestro_jax.generation.config import generation_config
+    from maestro_jax.generation.jobs import Job
+    from maestro_jax.generation.plan import Plan
+
+    left, right = _panned(0.1, seed=1), _panned(0.9, seed=2)
+    mix = left + right
+    calls = []
+
+    def fake_separate(sep, mono, queries, qemb=None):  # the ideal separator: one source each
+        calls.append(mono.shape)
+        ch = len(calls) - 1
+        return [left[ch], right[ch]]
+
+    monkeypatch.setattr(separation, "separate_mixture", fake_separate)
+    sep = types.SimpleNamespace(config=types.SimpleNamespace(sample_rate=SR))
+    cfg = generation_config("runlocal")
+    job = Job(name="m", mixture="mix.wav", queries=["a", "b"], boxes="auto")
+    plan = Plan(job, "mixture", [], (mix, SR), al.spread_boxes(2), al.spread_boxes(2), 2, [])
+    outputs._auto_boxes(plan, sep, cfg)
+    assert len(calls) == 2  # one separation per channel
+    boxes = np.stack([b.per_frame(cfg.num_frames) for b in plan.locate_boxes])
+    centre = (boxes[..., 0] + boxes[..., 2]) / 2  # x 0.1 and 0.9, held inside the frame
+    np.testing.assert_allclose(centre, [[0.25] * 16, [0.75] * 16], atol=0.01)
+    assert plan.mosaic_boxes == plan.locate_boxes and plan.auto_layout.note == ""
+    plan = Plan(job, "mixture", [], (mix[:1], SR), al.spread_boxes(2), al.spread_boxes(2), 2, [])
+    outputs._auto_boxes(plan, sep, cfg)
+    assert plan.warnings == [f"boxes auto: {al.MONO_NOTE}"] and len(calls) == 2
