@@ -28,7 +28,8 @@ def sources_of(plan: Plan, models, outdir: Path, cfg) -> tuple[list, tuple[np.nd
         return plan.stems, sampling.mixture_of(plan.stems)
     wave, sr = plan.mixture
     sep = models.separator
-    if layout.is_auto(plan.job.boxes if plan.job.boxes is not None else cfg.boxes):
+    boxes = plan.job.boxes if plan.job.boxes is not None else cfg.boxes
+    if layout.is_auto(boxes) and plan.locate_boxes:  # a generation job (not separation alone)
         _auto_boxes(plan, sep, cfg)
     ssr = sep.config.sample_rate
     mono = audio_lib.resample(wave.mean(axis=0, keepdims=True), sr, ssr)[0]
