@@ -49,6 +49,7 @@ class Job:
     seed: int = 0
     n_d: int | None = None
     checkpoint: str | None = None
+    window: float | None = None  # seconds of audio per video (0: the whole audio)
 
     @property
     def num_sources(self) -> int:

@@ -22,12 +22,13 @@ from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.checkpoints import release_host_memory
 from maestro_jax.generation import identity, sampling
+from maestro_jax.generation import long as long_gen
 from maestro_jax.generation import models as gen_models
 from maestro_jax.generation import outdir as gen_outdir
 from maestro_jax.generation import weights as gen_weights
 from maestro_jax.generation.jobs import InputError, Job, JobError, check_job_files, output_paths
 from maestro_jax.generation.outputs import sources_of, video_spec, write_outputs
-from maestro_jax.generation.plan import Plan, plan_hints, plan_job
+from maestro_jax.generation.plan import Plan, job_window, plan_hints, plan_job
 from maestro_jax.generation.timing import Stopwatch
 
 __all__ = ["InputError", "ModelPool", "Plan", "build_models", "plan_job", "run"]
@@ -180,8 +181,6 @@ def check_config(cfg) -> None:
         v = cfg.get(k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise InputError(f"--config.{k} must be a number >= 0, got {v!r}")
-    if not cfg.clip_window > 0:
-        raise InputError(f"--config.clip_window must be > 0, got {cfg.clip_window!r}")
     modes = ("maestro", "vanilla", "locate", "mosaic")
     if cfg.mode not in modes:
         raise InputError(f"--config.mode must be one of {', '.join(modes)}; got {cfg.mode!r}")
@@ -371,8 +370,9 @@ def _run_group(
         write(p, frames, None, {})
     by_shape: dict[Any, list[Plan]] = {}
     for p in (p for p in group if p.kind != "t2v"):
-        by_shape.setdefault((len(p.locate_boxes), p.n_d), []).append(p)
-    for (_n_a, n_d), ps in by_shape.items():
+        by_shape.setdefault((len(p.locate_boxes), p.n_d, p.num_frames), []).append(p)
+    for (_n_a, n_d, _frames), ps in by_shape.items():
+        sample_models = models  # whole-audio jobs: the same weights, windowed temporal attention
         for i in range(0, len(ps), batch):
             t0 = time.perf_counter()
             prepared, ok, mixes = [], [], []
@@ -381,12 +381,18 @@ def _run_group(
                     _stage(progress, "prepare", [p.job.name])
                     with watch.phase("prepare"):
                         stems, mix = sources_of(p, models, outdir, cfg)
-                        tokens = ae.encode_stems(
-                            models.audio, stems, cfg.clip_window, cfg.clip_rule
-                        )
-                        prepared.append(sampling.prepare_job(
-                            models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
-                            _options(cfg)))  # fmt: skip
+                        if p.long is not None:
+                            sample_models, job = long_gen.prepare_long_job(
+                                models, stems, p, cfg, _options(cfg)
+                            )
+                            prepared.append(job)
+                        else:
+                            tokens = ae.encode_stems(
+                                models.audio, stems, job_window(p.job, cfg), cfg.clip_rule
+                            )
+                            prepared.append(sampling.prepare_job(
+                                models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
+                                _options(cfg)))  # fmt: skip
                     ok.append(p)
                     mixes.append(mix)
                 except Exception as e:  # noqa: BLE001
@@ -400,7 +406,8 @@ def _run_group(
                 _stage(progress, "sample", names)
                 with watch.phase("sample"):
                     lat = jax.block_until_ready(sampling.sample_maestro(
-                        models, prepared, _settings(cfg, n_d), mesh=sub, progress=step_hook))  # fmt: skip
+                        sample_models, prepared, _settings(cfg, n_d), mesh=sub,
+                        progress=step_hook))  # fmt: skip
                 watch.steps += cfg.steps
                 frames = decode(lat, names)
             except Exception as e:  # noqa: BLE001 - the batch's jobs fail, the others go on
