@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maestro_jax.video import atomic_path
-
 
 class JobError(ValueError):
     """A job is malformed; the message names the job and the problem (`job`, `field`: the job's
@@ -216,27 +214,6 @@ def output_paths(outdir: str | os.PathLike, name: str) -> dict[str, Path]:
         "json": out / f"{name}.json",
         "stems": out / f"{name}_stems",
     }
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default) + "\n")
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    return str(o)
 
 
 def split_for_process(jobs: Sequence[Job], process_index: int, process_count: int) -> list[Job]:

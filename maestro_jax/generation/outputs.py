@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from maestro_jax.audio import layout, separation
+from maestro_jax.files import write_json
 from maestro_jax.generation import sampling
-from maestro_jax.generation.jobs import output_paths, write_json
+from maestro_jax.generation.jobs import output_paths
 from maestro_jax.generation.plan import Plan, job_window
 
 

@@ -217,7 +217,7 @@ def write_results(result: dict, outdir) -> dict:
     """OUT/long.json, OUT/long.md and OUT/long_example.png, each written atomically."""
     from pathlib import Path
 
-    from maestro_jax.generation.jobs import write_json
+    from maestro_jax.files import write_json
     from maestro_jax.video import atomic_path, write_png
 
     out = Path(outdir)
