@@ -12,7 +12,9 @@ The mixture is loaded as AudioSep does (`librosa.load(sr=32000, mono=True)`: cha
 soxr HQ resampling). Each query is embedded with CLAP's text branch (or taken from
 `--query_embeddings`); all queries go through the separator in one batch that shares the
 mixture's STFT. Writes `DIR/<i>_<query>.wav` (32 kHz, 16-bit, as AudioSep writes) and
-`DIR/separate.json` (settings and file names). `ckpt/audiosep` comes from
+`DIR/separate.json` (settings, file names, and warnings: a query naming none of the classes a
+separator export records in its config.json `labels`). DIR is checked writable before any
+compute; an empty query is refused. `ckpt/audiosep` comes from
 `python -m convert.audiosep audiosep_base_4M_steps.ckpt ckpt/audiosep`; `roberta-base/` holds
 roberta-base's `vocab.json` and `merges.txt`. Library: `maestro_jax.audio.separation`.
 """
@@ -37,6 +39,8 @@ from maestro_jax.audio.separation import (
     write_wav_atomic,
 )
 from maestro_jax.files import write_json
+from maestro_jax.generation.jobs import InputError
+from maestro_jax.generation.outdir import check_outdir
 from maestro_jax.models.clap_text import ClapTokenizer, byte_fallback_tokens
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,6 +69,16 @@ def _load_query_embeddings(path: Path, queries: list[str]) -> tuple[np.ndarray, 
     return emb, queries or [f"query{i}" for i in range(emb.shape[0])]
 
 
+def _export_labels(checkpoint: Path) -> list[str] | None:
+    """The classes a separator export was trained on (its config.json `labels`; converted
+    AudioSep weights have none)."""
+    try:
+        labels = json.loads((checkpoint / "config.json").read_text()).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(lab) for lab in labels] if isinstance(labels, list) else None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return cli.error(f"unexpected arguments: {argv[1:]}")
@@ -77,6 +91,12 @@ def main(argv: list[str]) -> int:
         return cli.error(f"mixture not found: {mixture_path}")
     if not _QUERY.value and qemb_path is None:
         return cli.error("give at least one --query (or --query_embeddings)")
+    if any(not q.strip() for q in _QUERY.value):
+        return cli.error("--query: an empty query; give one text query per source")
+    try:
+        check_outdir(out_dir, "--out")
+    except InputError as e:
+        return cli.error(str(e))
     if not config.random_init and checkpoint is None:
         return cli.error(
             "--checkpoint is required (convert one with `python -m convert.audiosep "
@@ -91,6 +111,11 @@ def main(argv: list[str]) -> int:
         tokenizer = ClapTokenizer.from_dir(_TOKENIZER.value)
 
     notes = []
+    labels = _export_labels(checkpoint) if checkpoint is not None else None
+    for q in _QUERY.value if labels else ():
+        if q.strip().lower() not in {str(lab).strip().lower() for lab in labels}:
+            notes.append(f"query {q!r} names none of the separator's classes ({', '.join(labels)})")
+            print(f"warning: {notes[-1]}")
     if config.random_init:
         sep_vars, text_vars = random_variables(config, config.seed)
         notes.append("RANDOM WEIGHTS: tiny random-initialised separator and text encoder")

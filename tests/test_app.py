@@ -69,7 +69,8 @@ def test_requests_are_validated_with_the_generate_rules(store, toy_cfg):
     job, settings = req.job_of(good, store, toy_cfg, "x")
     assert settings == {"mode": "maestro", "steps": 20, "n_d": 4, "guidance": 5.0, "seed": 0}
     assert job.audio == [str(store.path_of(a)), str(store.path_of(b))]
-    assert req.validate(job, req.run_config(toy_cfg, settings)) == []
+    padded = req.validate(job, req.run_config(toy_cfg, settings))  # 1 s uploads
+    assert len(padded) == 2 and all("padded with silence to the 4 s window" in w for w in padded)
 
     def refused(body, match, cfg=toy_cfg):
         with pytest.raises(req.RequestError, match=match):

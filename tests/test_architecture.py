@@ -11,7 +11,8 @@ PKG = REPO / "maestro_jax"
 COMMANDS = {
     "maestro_jax.demo", "maestro_jax.generate", "maestro_jax.train", "maestro_jax.evaluate",
     "maestro_jax.sweep", "maestro_jax.separate", "maestro_jax.encode_audio",
-    "maestro_jax.toy.build", "maestro_jax.toy.evaluate", "maestro_jax.lower", "maestro_jax.app",
+    "maestro_jax.toy.build", "maestro_jax.toy.evaluate", "maestro_jax.toy.evaluate_long",
+    "maestro_jax.lower", "maestro_jax.app",
     "maestro_jax.ablate",
 }  # fmt: skip
 

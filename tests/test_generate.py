@@ -49,19 +49,19 @@ def test_cli_two_real_stems_lr(tmp_path, audio_dir, jax_cache):
         jax_cache,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    frames, fps = read_video(out / "maestro.mp4")
+    frames, fps = read_video(out / "dog_violin.mp4")
     cfg = gen_configs.get_config("runlocal")
     assert frames.shape == (cfg.num_frames, cfg.height, cfg.width, 3)
     assert fps == pytest.approx(cfg.num_frames / cfg.clip_window)
-    audio, sr = load_audio(out / "maestro.mp4")
+    audio, sr = load_audio(out / "dog_violin.mp4")
     assert audio.shape[1] / sr == pytest.approx(cfg.num_frames / fps, abs=0.05)
-    settings = json.loads((out / "maestro.json").read_text())
+    settings = json.loads((out / "dog_violin.json").read_text())
     assert settings["job"]["audio"] == [str(audio_dir / "dog.wav"), str(audio_dir / "violin.wav")]
     assert settings["num_sources"] == 2 and settings["n_d"] == cfg.n_d
     assert settings["boxes_per_frame"][0] == [[0.0, 0.3, 0.5, 0.7], [0.5, 0.3, 1.0, 0.7]]
     assert settings["mosaic_boxes_per_frame"][0][0] == [0.0, 0.0, 0.5, 1.0]
     assert settings["random_weights"] is True
-    sheet = read_png(out / "maestro.png")
+    sheet = read_png(out / "dog_violin.png")
     assert sheet.shape[0] > cfg.height and sheet.shape[1] > cfg.width
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 

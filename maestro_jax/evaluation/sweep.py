@@ -24,7 +24,8 @@ from maestro_jax.evaluation import networks as eval_networks
 from maestro_jax.evaluation import report as eval_report
 from maestro_jax.evaluation import score as eval_score
 from maestro_jax.evaluation import videos as eval_videos
-from maestro_jax.generation.jobs import Job, JobError, output_paths, read_jobs, write_json
+from maestro_jax.files import write_json
+from maestro_jax.generation.jobs import Job, JobError, output_paths, read_jobs
 from maestro_jax.video import atomic_path
 
 PARAMS = ("n_d", "mode", "num_queries", "lambda1")

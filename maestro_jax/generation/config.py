@@ -30,7 +30,10 @@ def generation_config(variant: str) -> ml_collections.ConfigDict:
     c.n_d = 6  # Object Locating steps before Mosaic Denoising
     c.mode = "maestro"  # maestro | vanilla | locate | mosaic (ablations)
     c.boxes = "LR"  # default layout of jobs that give none
-    c.clip_window = 4.0  # seconds of audio per video; S = ceil(window / 2) segments
+    c.clip_window = 4.0  # seconds of audio per video; S = ceil(window / 2) segments; 0 = all
+    # whole-audio jobs (clip_window 0): FreeNoise windows of num_frames frames `stride` apart,
+    # `windows_at_once` of them computed together (0 = all), audio up to `max_seconds`
+    c.long = ml_collections.ConfigDict(dict(stride=4, windows_at_once=0, max_seconds=600.0))
     c.clip_rule = "git"  # ImageBind clip sampler: git (disjoint) | pypi015 (the release)
     c.num_queries = 10  # N_Q of the CIM (must match the CIM checkpoint)
     c.mosaic = ml_collections.ConfigDict(

@@ -21,12 +21,14 @@ from typing import Any
 from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.checkpoints import release_host_memory
+from maestro_jax.generation import identity, sampling
+from maestro_jax.generation import long as long_gen
 from maestro_jax.generation import models as gen_models
-from maestro_jax.generation import sampling
+from maestro_jax.generation import outdir as gen_outdir
 from maestro_jax.generation import weights as gen_weights
-from maestro_jax.generation.jobs import InputError, Job, JobError, is_done, output_paths
+from maestro_jax.generation.jobs import InputError, Job, JobError, check_job_files, output_paths
 from maestro_jax.generation.outputs import sources_of, video_spec, write_outputs
-from maestro_jax.generation.plan import Plan, plan_job
+from maestro_jax.generation.plan import Plan, job_window, plan_hints, plan_job
 from maestro_jax.generation.timing import Stopwatch
 
 __all__ = ["InputError", "ModelPool", "Plan", "build_models", "plan_job", "run"]
@@ -167,27 +169,62 @@ def attention_resolutions(cfg) -> tuple[tuple[int, int], ...]:
     return video_spec(cfg).resolutions(gen_weights.base_spec(cfg))
 
 
-def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool):
-    """(base spec, plans, failed job names): the video size against the networks and every job,
-    before anything is loaded."""
+def check_config(cfg) -> None:
+    """The run's settings, before anything is read: InputError naming the --config field."""
+    ints = {"steps": 1, "num_frames": 1, "height": 8, "width": 8, "fps": 1, "n_d": 0,
+            "num_queries": 1, "frame_chunk": 0, "batch_size": 0}  # fmt: skip
+    for k, lo in ints.items():
+        v = cfg.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise InputError(f"--config.{k} must be an integer >= {lo}, got {v!r}")
+    for k in ("eta", "guidance", "clip_window", "save_fps"):
+        v = cfg.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise InputError(f"--config.{k} must be a number >= 0, got {v!r}")
+    modes = ("maestro", "vanilla", "locate", "mosaic")
+    if cfg.mode not in modes:
+        raise InputError(f"--config.mode must be one of {', '.join(modes)}; got {cfg.mode!r}")
+    if cfg.model not in ("full", "tiny"):
+        raise InputError(f"--config.model must be full or tiny, got {cfg.model!r}")
+
+
+def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool, keep_existing: bool = False):
+    """(base spec, plans, failures [{job, field, reason}]): the settings, the video size against
+    the networks and every job (a job whose outputs record the same hash is skipped), before
+    anything is loaded."""
+    check_config(cfg)
     spec = gen_weights.base_spec(cfg)
     try:
         video_spec(cfg).check(spec)
     except ValueError as e:
         raise InputError(str(e)) from e
-    hint = {"resolutions": video_spec(cfg).resolutions(spec)}
+    hint = {"resolutions": video_spec(cfg).resolutions(spec), **plan_hints(cfg)}
+    run_id = identity.settings_identity(cfg)
     plans, failed = [], []
     for job in jobs:
-        if is_done(outdir, job.name):
-            print(f"skip {job.name}: already done")
-            continue
         try:
-            plans.append(plan_job(job, cfg, hint))
+            check_job_files(job)
+            try:
+                digest = identity.job_hash(job, run_id)
+            except OSError as e:
+                raise JobError(f"job {job.name}: cannot read its inputs: {e}", job=job.name) from e
+            if identity.recorded_hash(outdir, job.name) == digest:
+                print(f"skip {job.name}: already done (same inputs and settings)")
+                continue
+            if keep_existing and identity.outputs_exist(outdir, job.name):
+                raise JobError(
+                    f"job {job.name}: {outdir} holds its outputs from other inputs or settings; "
+                    "they are kept (--keep_existing): give the job another name or drop the flag",
+                    job=job.name, field="name",
+                )  # fmt: skip
+            plan = plan_job(job, cfg, hint)
+            plan.job_hash = digest
+            plans.append(plan)
         except (JobError, InputError) as e:
             if strict:
                 raise InputError(str(e)) from e
             print(f"error: {e}; skipping", file=sys.stderr)
-            failed.append(job.name)
+            failed.append(gen_outdir.failure_row(e, job.name))
     for p in plans:
         for w in p.warnings:
             print(f"warning: job {p.job.name}: {w}", file=sys.stderr)
@@ -196,9 +233,17 @@ def _check_all(cfg, jobs: list[Job], outdir: Path, strict: bool):
 
 def run(
     cfg, jobs: list[Job], outdir: Path, *, strict: bool, pool: ModelPool | None = None,
-    progress: Any = None,
+    keep_existing: bool = False, failures: Sequence[Exception] = (), progress: Any = None,
 ) -> int:  # fmt: skip
     """Validate every job and file, then generate the unfinished jobs. Returns the exit status.
+
+    A job is finished when its `.json` records the hash of its current inputs and settings
+    (`generation.identity`); finished jobs are skipped, others (re)generated, or with
+    `keep_existing` refused when outputs of other inputs are in the way. `strict` (the one-job
+    form): a bad job raises InputError; otherwise each failing job (`failures`: the jobs that
+    did not even parse, as `JobError`s) is reported, recorded in `outdir/failures.json` (job,
+    field, reason) and skipped, and the status is 1. The folder is checked writable before
+    anything else and locked while jobs are written.
 
     `pool`: where the weights are held (a sweep passes one to all its runs); by default a pool of
     this run's own, released when it returns. `progress`: None, or a hook with
@@ -210,16 +255,42 @@ def run(
 
     from maestro_jax.generation.jobs import split_for_process
 
-    if jax.process_count() > 1:
-        jobs = split_for_process(jobs, jax.process_index(), jax.process_count())
-    spec, plans, failed = _check_all(cfg, jobs, outdir, strict)
+    gen_outdir.check_outdir(outdir)
+    index, count = jax.process_index(), jax.process_count()
+    if count > 1:
+        jobs = split_for_process(jobs, index, count)
+    failed = [gen_outdir.failure_row(e, f"job{i}") for i, e in enumerate(failures)]
+    for row in failed:
+        print(f"error: {row['reason']}; skipping", file=sys.stderr)
+    spec, plans, bad = _check_all(cfg, jobs, outdir, strict, keep_existing)
+    failed += bad
+    fail_file = gen_outdir.failures_path(outdir, index, count)
     if not plans:
         print(f"nothing to do ({len(failed)} failed)")
+        if outdir.is_dir() or failed:
+            gen_outdir.record_failures(fail_file, failed)
         return 1 if failed else 0
     weights = check_run_weights(cfg, plans, spec)  # every file, before any weight is read
-    pool = pool or ModelPool()
+    lock = gen_outdir.LOCK_NAME + ("" if count == 1 else f".p{index}")
+    with gen_outdir.locked(outdir, lock):
+        for p in gen_outdir.clean_temp_files(outdir, [p.job.name for p in plans]):
+            print(f"removed {p} (left by an interrupted run)")
+        failed += _run_plans(cfg, plans, outdir, weights, pool or ModelPool(), progress)
+        gen_outdir.record_failures(fail_file, failed)
+    if failed:
+        names = ", ".join(r["job"] for r in failed)
+        print(f"{len(failed)} job(s) failed: {names} (see {fail_file})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_plans(
+    cfg, plans: list[Plan], outdir: Path, weights, pool: ModelPool, progress: Any = None
+) -> list[dict]:
+    """Load each group's models and generate its jobs; the failures' rows."""
     watch = Stopwatch()
     groups: dict[Any, list[Plan]] = {}
+    failed: list[dict] = []
     for p in plans:
         groups.setdefault((p.job.checkpoint or "", p.kind == "mixture"), []).append(p)
     for (cim_key, need_sep), group in groups.items():
@@ -230,15 +301,13 @@ def run(
             models = pool.models(weights, cim_key, audio=audio, separator=need_sep, prompts=prompts)
         if models.random:
             print("note: tiny RANDOM weights (a :runlocal config): videos show noise patterns")
-        failed += _run_group(cfg, models, group, outdir, strict, watch, progress)
+        failed += _run_group(cfg, models, group, outdir, watch, progress)
+    bad = {r["job"] for r in failed}
     for p in plans:
-        if p.job.name not in failed:
+        if p.job.name not in bad:
             print(f"wrote {output_paths(outdir, p.job.name)['video']}")
     print("timing: " + json.dumps(watch.summary()))
-    if failed:
-        print(f"{len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return failed
 
 
 def _stage(progress: Any, name: str, jobs: list[str]) -> None:
@@ -247,11 +316,12 @@ def _stage(progress: Any, name: str, jobs: list[str]) -> None:
 
 
 def _run_group(
-    cfg, models, group: list[Plan], outdir: Path, strict: bool, watch: Stopwatch,
-    progress: Any = None,
-):  # fmt: skip
+    cfg, models, group: list[Plan], outdir: Path, watch: Stopwatch, progress: Any = None
+) -> list[dict]:
     """Generate one group's jobs (t2v one at a time; Maestro jobs batched by (N_A, N_D) over the
-    local devices). Returns the names of the jobs that failed."""
+    local devices). Every step of a job (separation, encoding, sampling, decoding, writing) is
+    inside its `try`: a failure is reported and recorded, the other jobs go on. Returns the
+    failures' rows."""
     import jax
     from tqdm import tqdm
 
@@ -262,14 +332,12 @@ def _run_group(
     # this process's devices only: with several processes each one runs its own jobs
     mesh = make_mesh((n_dev, 1), ("data", "fsdp"), jax.local_devices()) if n_dev > 1 else None
     batch = cfg.batch_size or n_dev
-    failed: list[str] = []
+    failed: list[dict] = []
     bar = tqdm(total=len(group), desc="jobs", unit="video", file=sys.stdout)
 
     def fail(p: Plan, e: Exception) -> None:
-        if strict:
-            raise e
-        print(f"error: job {p.job.name} failed: {e}", file=sys.stderr)
-        failed.append(p.job.name)
+        print(f"error: job {p.job.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        failed.append(gen_outdir.failure_row(e, p.job.name))
         bar.update(1)
 
     step_hook = None if progress is None else progress.step
@@ -280,9 +348,13 @@ def _run_group(
             return sampling.decode(models, latents, cfg.frame_chunk)
 
     def write(p: Plan, frames, mix, extra: dict) -> None:
-        _stage(progress, "write", [p.job.name])
-        write_outputs(p, frames, mix, outdir, cfg, {"random_weights": models.random, **extra})
-        bar.update(1)
+        try:
+            _stage(progress, "write", [p.job.name])
+            extra = {"random_weights": models.random, "job_hash": p.job_hash, **extra}
+            write_outputs(p, frames, mix, outdir, cfg, extra)
+            bar.update(1)
+        except Exception as e:  # noqa: BLE001 - a failing job is reported, not fatal
+            fail(p, e)
 
     for p in [p for p in group if p.kind == "t2v"]:
         try:
@@ -291,13 +363,16 @@ def _run_group(
                 lat = jax.block_until_ready(sampling.sample_t2v(
                     models, p.job.prompt, spec, _settings(cfg, 0), p.job.seed, step_hook))  # fmt: skip
             watch.steps += cfg.steps
-            write(p, decode(lat, [p.job.name])[0], None, {})
+            frames = decode(lat, [p.job.name])[0]
         except Exception as e:  # noqa: BLE001 - a failing job is reported, not fatal
             fail(p, e)
+            continue
+        write(p, frames, None, {})
     by_shape: dict[Any, list[Plan]] = {}
     for p in (p for p in group if p.kind != "t2v"):
-        by_shape.setdefault((len(p.locate_boxes), p.n_d), []).append(p)
-    for (_n_a, n_d), ps in by_shape.items():
+        by_shape.setdefault((len(p.locate_boxes), p.n_d, p.num_frames), []).append(p)
+    for (_n_a, n_d, _frames), ps in by_shape.items():
+        sample_models = models  # whole-audio jobs: the same weights, windowed temporal attention
         for i in range(0, len(ps), batch):
             t0 = time.perf_counter()
             prepared, ok, mixes = [], [], []
@@ -306,12 +381,18 @@ def _run_group(
                     _stage(progress, "prepare", [p.job.name])
                     with watch.phase("prepare"):
                         stems, mix = sources_of(p, models, outdir, cfg)
-                        tokens = ae.encode_stems(
-                            models.audio, stems, cfg.clip_window, cfg.clip_rule
-                        )
-                        prepared.append(sampling.prepare_job(
-                            models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
-                            _options(cfg)))  # fmt: skip
+                        if p.long is not None:
+                            sample_models, job = long_gen.prepare_long_job(
+                                models, stems, p, cfg, _options(cfg)
+                            )
+                            prepared.append(job)
+                        else:
+                            tokens = ae.encode_stems(
+                                models.audio, stems, job_window(p.job, cfg), cfg.clip_rule
+                            )
+                            prepared.append(sampling.prepare_job(
+                                models, tokens, p.locate_boxes, p.mosaic_boxes, spec, p.job.seed,
+                                _options(cfg)))  # fmt: skip
                     ok.append(p)
                     mixes.append(mix)
                 except Exception as e:  # noqa: BLE001
@@ -321,12 +402,18 @@ def _run_group(
             # jobs split over the first len(prepared) devices: no padding work
             sub = _job_mesh(len(prepared)) if mesh is not None else None
             names = [p.job.name for p in ok]
-            _stage(progress, "sample", names)
-            with watch.phase("sample"):
-                lat = jax.block_until_ready(sampling.sample_maestro(
-                    models, prepared, _settings(cfg, n_d), mesh=sub, progress=step_hook))  # fmt: skip
-            watch.steps += cfg.steps
-            frames = decode(lat, names)
+            try:
+                _stage(progress, "sample", names)
+                with watch.phase("sample"):
+                    lat = jax.block_until_ready(sampling.sample_maestro(
+                        sample_models, prepared, _settings(cfg, n_d), mesh=sub,
+                        progress=step_hook))  # fmt: skip
+                watch.steps += cfg.steps
+                frames = decode(lat, names)
+            except Exception as e:  # noqa: BLE001 - the batch's jobs fail, the others go on
+                for p in ok:
+                    fail(p, e)
+                continue
             dt = (time.perf_counter() - t0) / len(prepared)
             for p, fr, mix in zip(ok, frames, mixes):
                 write(p, fr, mix, {"seconds_per_video": dt, "num_sources": len(p.locate_boxes)})

@@ -67,7 +67,11 @@ class VideoSpec:
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        if spec.trained_frames and self.num_frames != spec.trained_frames:
+        window = spec.unet.temporal_window  # FreeNoise windows of the trained frame count
+        if window and (not spec.trained_frames or window == spec.trained_frames):
+            if self.num_frames < window:
+                raise ValueError(f"{self.num_frames} frames are fewer than one window ({window})")
+        elif spec.trained_frames and self.num_frames != spec.trained_frames:
             raise ValueError(
                 f"{self.num_frames} frames do not match the checkpoint, which was trained with "
                 f"{spec.trained_frames} (set --config.num_frames={spec.trained_frames})"

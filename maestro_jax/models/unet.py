@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from maestro_jax.models.presets import PresetConfig
 from maestro_jax.nn.attention import IMPLS, AttnEdit, dot_product_attention, merge_heads
 from maestro_jax.nn.attention import split_heads as _split_heads
+from maestro_jax.nn.frame_windows import fused_window_attention
 from maestro_jax.nn.layers import GEGLU, Dense, GroupNorm, LayerNorm, timestep_embedding
 
 # eps of every norm, from the original code (docs/models.md, numeric traps); tests assert these on a real forward.
@@ -66,6 +67,10 @@ class UNetConfig(PresetConfig):
     dtype: compute dtype ('float32' or 'bfloat16'); params stay float32, norms and softmax
       compute in float32.
     remat: rematerialise (jax.checkpoint) every Res/Spatial/Temporal block in the backward pass.
+    temporal_window, temporal_stride, windows_at_once: FreeNoise's window fusion of temporal
+      attention (`maestro_jax.nn.frame_windows`): with temporal_window > 0 and more frames than
+      that, temporal attention runs over windows of temporal_window frames temporal_stride apart,
+      windows_at_once of them together (0 = all), fused per frame. 0 (default): all frames.
     """
 
     in_channels: int = 4
@@ -88,6 +93,9 @@ class UNetConfig(PresetConfig):
     attn_impl_cross: str | None = None
     attn_impl_temporal: str | None = None
     remat: bool = False
+    temporal_window: int = 0
+    temporal_stride: int = 4
+    windows_at_once: int = 0
 
     def __post_init__(self):
         # lists from JSON/yaml -> tuples so the config stays hashable (flax module attribute)
@@ -110,6 +118,11 @@ class UNetConfig(PresetConfig):
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def frame_window(self) -> tuple[int, int, int]:
+        """(window, stride, at_once) of the temporal attention (window 0: all frames)."""
+        return (self.temporal_window, self.temporal_stride, self.windows_at_once)
 
     def impl(self, kind: str) -> str:
         """Attention implementation for 'self' | 'cross' | 'temporal'."""
@@ -368,6 +381,7 @@ class Attention(nn.Module):
     dim_head: int
     impl: str = "xla"
     dtype: Any = jnp.float32
+    frame_window: tuple[int, int, int] = (0, 0, 0)  # (window, stride, at_once): temporal only
 
     @nn.compact
     def __call__(
@@ -398,7 +412,15 @@ class Attention(nn.Module):
             out = attn_edit(q, ctx, project_kv, scale=scale, hw=hw)
         else:
             k, v = project_kv(ctx)
-            out = dot_product_attention(q, k, v, scale=scale, impl=self.impl)
+            impl = self.impl
+            attend = lambda q_, k_, v_: dot_product_attention(q_, k_, v_, scale=scale, impl=impl)  # noqa: E731
+            window, stride, at_once = self.frame_window
+            if window and context is None and x.shape[1] > window:
+                out = fused_window_attention(
+                    q, k, v, attend, window=window, stride=stride, at_once=at_once
+                )
+            else:
+                out = attend(q, k, v)
         return Dense(x.shape[-1], dtype=self.dtype, name="to_out_0")(merge_heads(out))
 
 
@@ -410,14 +432,15 @@ class BasicTransformerBlock(nn.Module):
     impl_self: str = "xla"
     impl_cross: str = "xla"
     dtype: Any = jnp.float32
+    frame_window: tuple[int, int, int] = (0, 0, 0)  # temporal blocks (both self-attentions)
 
     @nn.compact
     def __call__(self, x, context=None, attn_edit=None, hw=None):
-        d = self.dtype
+        d, fw = self.dtype, self.frame_window
         h = LayerNorm(LAYERNORM_EPS, name="norm1")(x)
-        x = x + Attention(self.heads, self.dim_head, self.impl_self, d, name="attn1")(h)
+        x = x + Attention(self.heads, self.dim_head, self.impl_self, d, fw, name="attn1")(h)
         h = LayerNorm(LAYERNORM_EPS, name="norm2")(x)
-        x = x + Attention(self.heads, self.dim_head, self.impl_cross, d, name="attn2")(
+        x = x + Attention(self.heads, self.dim_head, self.impl_cross, d, fw, name="attn2")(
             h, context, attn_edit, hw
         )
         h = LayerNorm(LAYERNORM_EPS, name="norm3")(x)
@@ -479,6 +502,7 @@ class TemporalTransformer(nn.Module):
     depth: int = 1
     impl: str = "xla"
     dtype: Any = jnp.float32
+    frame_window: tuple[int, int, int] = (0, 0, 0)  # FreeNoise window fusion (UNetConfig)
 
     @nn.compact
     def __call__(self, x):
@@ -496,6 +520,7 @@ class TemporalTransformer(nn.Module):
                 self.impl,
                 self.impl,
                 self.dtype,
+                self.frame_window,
                 name=f"transformer_blocks_{i}",
             )(y)
         y = Dense(c, dtype=self.dtype, name="proj_out")(y)
@@ -658,6 +683,7 @@ class UNet(nn.Module):
                     cfg.transformer_depth,
                     cfg.impl("temporal"),
                     dt,
+                    cfg.frame_window,
                     name="init_attn",
                 )(h)
             hs.append(h)
@@ -705,6 +731,7 @@ class UNet(nn.Module):
                 cfg.temporal_transformer_depth,
                 cfg.impl("temporal"),
                 dt,
+                cfg.frame_window,
                 name=name,
             )(h)
         if layer.kind == "down":

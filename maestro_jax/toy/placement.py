@@ -366,7 +366,7 @@ def examples_image(result: dict, scale: int = 4) -> np.ndarray:
 
 def write_results(result: dict, outdir: str | Path) -> dict[str, Path]:
     """OUT/placement.json, OUT/placement.md and OUT/examples.png, each written atomically."""
-    from maestro_jax.generation.jobs import write_json
+    from maestro_jax.files import write_json
     from maestro_jax.video import atomic_path, write_png
 
     out = Path(outdir)
@@ -386,7 +386,8 @@ def write_sweep_jobs(jobs: Sequence[ToyJob], folder: str | Path) -> list:
     true classes, read by `read_truth`), and return generate's `Job`s (stems + boxes + seed).
     Deterministic: existing stems are kept, so a rerun changes no file."""
     from maestro_jax.audio import write_wav
-    from maestro_jax.generation.jobs import Job, write_json
+    from maestro_jax.files import write_json
+    from maestro_jax.generation.jobs import Job
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)

@@ -300,6 +300,9 @@ def _unet_stage(config, temporal: bool):
             "fps": fps,
             "made_by": _provenance(config),
         }
+        if layout is not None:  # the most objects a training scene held (the generator warns)
+            # video_layout_batch: at most 2 objects unless `counts` gives P(K = 0, 1, ...)
+            meta["max_sources"] = max(k for k, q in enumerate(counts or (0, 0, 1)) if q > 0)
         save_params(out, p, meta)
 
     return params, loss_fn, batch_fn, export

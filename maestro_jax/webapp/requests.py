@@ -253,7 +253,8 @@ def validate(job: Job, run_cfg) -> list[str]:
         sampling.SamplerSettings(steps=run_cfg.steps, n_d=job.n_d or 0, mode=run_cfg.mode).check()
     except (JobError, InputError, ValueError) as e:
         raise RequestError(str(e).replace(f"job {job.name}: ", "")) from e
-    return plan.warnings + overlaps(plan.locate_boxes, int(run_cfg.num_frames))
+    own = overlaps(plan.locate_boxes, int(run_cfg.num_frames))  # the app's wording for boxes
+    return own + [w for w in plan.warnings if not w.startswith("boxes ")]
 
 
 def overlaps(boxes, num_frames: int, at_least: float = 0.0) -> list[str]:

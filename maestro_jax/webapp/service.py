@@ -221,7 +221,7 @@ class Service:
         job, run_cfg = entry.payload
         status = run(run_cfg, [job], self.results, strict=True, pool=self.pool, progress=progress)
         if status != 0:
-            raise RuntimeError(f"generation ended with status {status}")
+            raise RuntimeError(_failure_reason(self.results, job.name, status))
         paths = output_paths(self.results, job.name)
         stems = sorted(paths["stems"].glob("*.wav")) if paths["stems"].is_dir() else []
         line = json.dumps(job.to_json(), sort_keys=True)
@@ -255,3 +255,12 @@ def _labels(body: dict, n: int) -> list[str]:
 
 def log(msg: str) -> None:
     print(f"maestro app: {msg}", file=sys.stderr, flush=True)
+
+
+def _failure_reason(results: Path, name: str, status: int) -> str:
+    """Why job `name` failed: its row in the run's failures.json, else the exit status."""
+    try:
+        rows = json.loads((results / "failures.json").read_text())
+        return next(r["reason"] for r in rows if r.get("job") == name)
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return f"generation ended with status {status}"

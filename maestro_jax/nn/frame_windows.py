@@ -1,0 +1,79 @@
+"""Window fusion of temporal attention (FreeNoise, Qiu et al., ICLR 2024), written from the paper.
+
+A video longer than the frames a temporal-attention layer was trained on attends over
+overlapping windows of `window` frames, `stride` frames apart (the last window is moved back so
+that it ends on the last frame); each window's outputs are weighted by a triangle that favours
+the window's centre, and a frame's output is the weighted mean over the windows that hold it.
+With one window (at most `window` frames) this is plain attention over all frames.
+
+`at_once` windows are computed together (a `lax.scan` over groups of windows): the attention
+memory grows with `at_once`, not with the number of windows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def window_starts(num_frames: int, window: int, stride: int) -> tuple[int, ...]:
+    """First frame of each window: 0, stride, 2 stride, ... and num_frames - window last."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got {window}, {stride}")
+    if stride > window:
+        raise ValueError(f"stride {stride} > window {window} leaves frames in no window")
+    if num_frames <= window:
+        return (0,)
+    starts = list(range(0, num_frames - window + 1, stride))
+    if starts[-1] != num_frames - window:
+        starts.append(num_frames - window)
+    return tuple(starts)
+
+
+def window_weights(window: int) -> np.ndarray:
+    """[window] float32 weights that favour the centre: min(i + 1, window - i)."""
+    i = np.arange(window)
+    return np.minimum(i + 1, window - i).astype(np.float32)
+
+
+def fused_window_attention(q, k, v, attend, *, window: int, stride: int, at_once: int = 0):
+    """Attention over frames in overlapping windows, fused per frame.
+
+    q, k, v: [N, T, H, D] (T frames); `attend(q, k, v)` is the plain attention of one batch of
+    windows ([N', W, H, D] each). Returns [N, T, H, D] in q's dtype. `at_once`: windows per
+    group (0 = all at once)."""
+    n, t = q.shape[:2]
+    if t <= window:
+        return attend(q, k, v)
+    starts = np.array(window_starts(t, window, stride))
+    n_win = len(starts)
+    group = n_win if at_once <= 0 else min(int(at_once), n_win)
+    n_groups = -(-n_win // group)
+    pad = n_groups * group - n_win
+    w = np.tile(window_weights(window), (n_win, 1))
+    starts = np.concatenate([starts, np.full(pad, starts[-1])])  # padding windows weigh 0
+    w = np.concatenate([w, np.zeros((pad, window), np.float32)])
+    idx = starts[:, None] + np.arange(window)  # [n_win + pad, W]
+    idx = jnp.asarray(idx.reshape(n_groups, group, window))
+    w = jnp.asarray(w.reshape(n_groups, group, window))
+
+    def one_group(acc, xs):
+        ids, ws = xs  # [G, W]
+        flat = ids.reshape(-1)
+
+        def gather(a):  # [N, T, H, D] -> [G * N, W, H, D]
+            g = jnp.take(a, flat, axis=1).reshape(n, group, window, *a.shape[2:])
+            return jnp.swapaxes(g, 0, 1).reshape(group * n, window, *a.shape[2:])
+
+        o = attend(gather(q), gather(k), gather(v)).astype(jnp.float32)
+        o = jnp.swapaxes(o.reshape(group, n, window, *o.shape[2:]), 0, 1)  # [N, G, W, H, D]
+        o = o * ws[None, :, :, None, None]
+        return acc.at[:, flat].add(o.reshape(n, group * window, *o.shape[3:])), None
+
+    acc = jnp.zeros(q.shape, jnp.float32)
+    acc, _ = jax.lax.scan(one_group, acc, (idx, w))
+    total = np.zeros(t, np.float32)
+    for s in window_starts(t, window, stride):
+        total[s : s + window] += window_weights(window)
+    return (acc / jnp.asarray(total)[None, :, None, None]).astype(q.dtype)
