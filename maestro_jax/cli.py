@@ -77,25 +77,17 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     app.run(quiet_main, flags_parser=parse_flags)
 
 
-_COMMANDS = frozenset({
-    "maestro_jax.demo", "maestro_jax.generate", "maestro_jax.train", "maestro_jax.evaluate",
-    "maestro_jax.sweep", "maestro_jax.separate", "maestro_jax.encode_audio",
-    "maestro_jax.toy.build", "maestro_jax.toy.evaluate", "maestro_jax.lower",
-    "maestro_jax.app", "maestro_jax.ablate",
-})  # fmt: skip
+_SHARED_FLAGS = frozenset({"convert.cli", "data.beam_flags"})
 
 
 def is_command_module(module_name: str) -> bool:
-    """A module whose absl flags belong to one command (the package's commands, the toy world's,
-    data/*, convert/*/__main__, benchmarks/*): never imported by library code. The flags that
-    several commands share (`convert.cli`, `data.beam_flags`) are not a command's."""
-    if module_name == "data.beam_flags":
+    """A module whose absl flags belong to one command: library modules define no flags (the
+    architecture rule), so any module of this project that does is a command (the package's,
+    the toy world's, data/*, convert/*/__main__, benchmarks/*), except the modules holding the
+    flags several commands share (`convert.cli`, `data.beam_flags`)."""
+    if module_name in _SHARED_FLAGS:
         return False
-    return (
-        module_name in _COMMANDS
-        or module_name.startswith(("data.", "benchmarks."))
-        or (module_name.startswith("convert.") and module_name.endswith(".__main__"))
-    )
+    return module_name.startswith(("maestro_jax.", "data.", "benchmarks.", "convert."))
 
 
 def load_command(module_name: str):
