@@ -6,7 +6,7 @@ Object Locating vs Mosaic Denoising, for N_A sources. Prints one table.
 
 Random weights (speed does not depend on values); 'full' is VideoCrafter2 at 16 x 40 x 64
 latents (320 x 512 video), 'tiny' the runlocal model. The mosaic step must cost at most 10% more
-than the plain one (issue 4); the last column says how much more it costs.
+than the plain one (the design target); the last column says how much more it costs.
 """
 
 from __future__ import annotations
