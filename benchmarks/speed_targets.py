@@ -131,14 +131,10 @@ def _in_use_bytes() -> int | None:
 
 
 def _xla_flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # not every backend implements it
-        return None
-    if isinstance(ca, list | tuple):
-        ca = ca[0] if ca else None
-    f = ca.get("flops") if ca else None
-    return float(f) if f and f > 0 else None
+    """XLA's FLOP count of a compiled program (None where the backend has none)."""
+    from maestro_jax.aot import cost_flops  # imports jax: after the device set-up
+
+    return cost_flops(compiled)
 
 
 def build_models(args: types.SimpleNamespace, size: dict) -> tuple[Any, dict]:
