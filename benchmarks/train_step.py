@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from maestro_jax.aot import cost_flops  # noqa: E402
 from maestro_jax.sharding import batch_sharding, make_mesh, param_shardings  # noqa: E402
 from maestro_jax.training import cim_loss, cim_state, optim  # noqa: E402
 from maestro_jax.training.cim_config import get_config  # noqa: E402
@@ -59,19 +60,6 @@ def _peak(device_kind: str, override: float | None) -> float | None:
         if k in device_kind:
             return v
     return None
-
-
-def _flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # not every backend implements it
-        return None
-    if isinstance(ca, list | tuple):
-        ca = ca[0] if ca else None
-    if not ca:
-        return None
-    f = ca.get("flops")
-    return float(f) if f is not None and f > 0 else None
 
 
 def _peak_memory() -> float | None:
@@ -179,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, frozen, nan_step).compile()
     t_compile = time.perf_counter() - t0
-    flops = _flops(compiled)
+    flops = cost_flops(compiled)
     mem = compiled.memory_analysis()
 
     state, m = compiled(state, batch, frozen, nan_step)  # warm-up

@@ -1,6 +1,6 @@
 """The committed toy-world weights (`maestro_jax/assets/toy`, made by `make toy-world`): they are
 complete and small, `make demo` runs on them, and the full method puts each source in its own
-box far more often than vanilla conditioning (issue 5).
+box far more often than vanilla conditioning (the README's placement bars).
 
 The test runs a fixed subset of the README's held-out jobs (job seed 1, none used to tune the
 settings; the first `N_PER_K` of each source count: `toy_eval.make_jobs` is prefix-stable) for

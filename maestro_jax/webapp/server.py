@@ -120,23 +120,19 @@ def make_app(service: Service) -> Starlette:
         body = await _json(request)
         return JSONResponse(await anyio.to_thread.run_sync(service.check, body))
 
-    async def submit(request: Request) -> Response:
+    async def _client_request(request: Request, method) -> Response:
+        """A {client, request} JSON body handed to `method(request, client)` off the loop."""
         body = await _json(request)
         if not isinstance(body, dict):
             raise RequestError("the request must be a JSON object {client, request}")
-        out = await anyio.to_thread.run_sync(
-            service.submit, body.get("request"), body.get("client")
-        )
+        out = await anyio.to_thread.run_sync(method, body.get("request"), body.get("client"))
         return JSONResponse(out)
 
+    async def submit(request: Request) -> Response:
+        return await _client_request(request, service.submit)
+
     async def separate(request: Request) -> Response:
-        body = await _json(request)
-        if not isinstance(body, dict):
-            raise RequestError("the request must be a JSON object {client, request}")
-        out = await anyio.to_thread.run_sync(
-            service.separate, body.get("request"), body.get("client")
-        )
-        return JSONResponse(out)
+        return await _client_request(request, service.separate)
 
     async def job(request: Request) -> Response:
         view = service.queue.get(request.path_params["id"])
