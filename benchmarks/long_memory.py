@@ -1,13 +1,14 @@
-"""Working memory of one temporal-attention layer over long videos: plain attention over all
-frames vs FreeNoise window fusion with `windows_at_once` windows computed together. Prints one
-table of XLA's compiled temp bytes (`memory_analysis`) per frame count.
+"""Working memory of one denoising call of a long video: FreeNoise's fusion inside the temporal
+attention (`long.windows_at_once` 0: every other layer sees all frames) vs the whole UNet run on
+k windows at a time with its predictions fused (`long.windows_at_once` k). Prints one table of
+XLA's compiled temp bytes (`memory_analysis`) per frame count.
 
-    python benchmarks/long_memory.py                       # VC2's first level: 320 ch, 40 x 64
-    python benchmarks/long_memory.py --channels 64 --hw 8  # a small CPU smoke
+    python benchmarks/long_memory.py                               # VideoCrafter2 at 320x512
+    python benchmarks/long_memory.py --unet tiny --hw 8 --frames 16 32   # a small CPU smoke
 
-One TemporalTransformer (the VideoCrafter2 layer: 5 heads of 64 at 320 channels), batch 2 (the
-CFG pair), random weights, float32; compiled only (nothing runs). The layer's input and output
-grow with the frames either way; the attention's own buffers grow with `windows_at_once`.
+The UNet's config (random weights, float32, never materialised: compiled only, nothing runs),
+batch 2 (the CFG pair), per-frame contexts as Maestro passes them, windows of 16 frames 4
+apart. The weights (5.6 GB for VideoCrafter2) and the latents are arguments, not temp bytes.
 """
 
 from __future__ import annotations
@@ -17,36 +18,51 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from maestro_jax.models.unet import TemporalTransformer
+from maestro_jax.generation import sampling
+from maestro_jax.models.unet import UNet, UNetConfig
 
 
-def temp_bytes(frames: int, channels: int, hw: tuple[int, int], window: tuple) -> int:
-    heads = channels // 64
-    layer = TemporalTransformer(heads, 64, frames, frame_window=window)
-    x = jax.ShapeDtypeStruct((2 * frames, *hw, channels), jnp.float32)
-    params = jax.eval_shape(lambda: layer.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
-    compiled = jax.jit(layer.apply).lower(params, x).compile()
+def temp_bytes(cfg: UNetConfig, frames: int, hw: tuple[int, int]) -> int:
+    x = jax.ShapeDtypeStruct((2, frames, *hw, cfg.in_channels), jnp.float32)
+    ctx = jax.ShapeDtypeStruct((2, frames, 77, cfg.context_dim), jnp.float32)
+    params = jax.eval_shape(
+        lambda: UNet(cfg).init(
+            jax.random.key(0), jnp.zeros((1, 1, *hw, cfg.in_channels)), jnp.zeros((1,)),
+            jnp.zeros((1, 77, cfg.context_dim)), fps=jnp.ones((1,)),
+        )["params"]
+    )  # fmt: skip
+
+    def call(p, x, c):
+        fn = sampling._unet_fn(cfg, p, 8, None)
+        return fn(x, jnp.full((2,), 500), {"context": c}, 0)
+
+    compiled = jax.jit(call).lower(params, x, ctx).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--channels", type=int, default=320)
-    ap.add_argument("--hw", type=int, nargs="+", default=[40, 64])
-    ap.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 120])
+    ap.add_argument("--unet", default="vc2", help="UNetConfig preset (vc2 | tiny)")
+    ap.add_argument("--hw", type=int, nargs="+", default=[40, 64], help="latent h w")
+    ap.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--at_once", type=int, nargs="+", default=[1, 2])
     a = ap.parse_args()
     hw = tuple(a.hw) if len(a.hw) == 2 else (a.hw[0], a.hw[0])
-    cols = {"plain": (0, 0, 0), "at once 1": (a.window, a.stride, 1),
-            "at once 4": (a.window, a.stride, 4), "all windows": (a.window, a.stride, 0)}  # fmt: skip
-    print(f"temporal attention temp MiB, {a.channels} ch, {hw[0]}x{hw[1]}, window {a.window}, "
-          f"stride {a.stride}")  # fmt: skip
+    base = UNetConfig.from_preset(a.unet).replace(
+        temporal_window=a.window, temporal_stride=a.stride
+    )
+    cols = {"attention fusion (0)": base}
+    for k in a.at_once:
+        cols[f"whole-UNet, {k} at once"] = base.replace(windows_at_once=k, window_fusion="unet")
+    print(f"denoising-call temp GiB, UNet {a.unet}, latents {hw[0]}x{hw[1]}, CFG pair, float32, "
+          f"window {a.window}, stride {a.stride}")  # fmt: skip
     print("| frames | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
+    print("|---" * (len(cols) + 1) + "|", flush=True)
     for f in a.frames:
-        vals = [temp_bytes(f, a.channels, hw, w) / 2**20 for w in cols.values()]
-        print(f"| {f} | " + " | ".join(f"{v:.0f}" for v in vals) + " |")
+        vals = [temp_bytes(c, f, hw) / 2**30 for c in cols.values()]
+        print(f"| {f} | " + " | ".join(f"{v:.2f}" for v in vals) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,7 @@ def ddim_sample(
     schedule: Schedule | None = None,
     key: jax.Array | None = None,
     noise: jax.Array | None = None,
+    draw_noise: Callable[[jax.Array, tuple[int, ...]], jax.Array] | None = None,
     n_switch: int | Sequence[int] | None = None,
     cfg_batched: bool = True,
     return_intermediates: bool = False,
@@ -343,6 +344,8 @@ def ddim_sample(
       schedule: default `Schedule.vc2()`.
       key: PRNG key for the per-step noise (eta > 0): step i draws normal(fold_in(key, i)).
       noise: instead of `key`, the explicit standard-normal draws [S_total, B, ...] (replays).
+      draw_noise: `draw_noise(key, shape) -> float32` standard-normal draws of one step (default
+        `jax.random.normal`; long videos pass FreeNoise's rescheduled draws).
       n_switch: the step index (or indices) where the next phase function takes over.
       cfg_batched: one model call on [uncond; cond] (default) or two calls.
       return_intermediates: also return a `DDIMTrajectory`.
@@ -397,7 +400,11 @@ def ddim_sample(
             elif "noise" in c:
                 z = c["noise"]
             else:
-                z = jax.random.normal(jax.random.fold_in(key, c["step"]), x.shape, x.dtype)
+                k_step = jax.random.fold_in(key, c["step"])
+                if draw_noise is None:
+                    z = jax.random.normal(k_step, x.shape, x.dtype)
+                else:
+                    z = draw_noise(k_step, x.shape).astype(x.dtype)
             x_prev, pred_x0 = ddim_step(x, out, c, z, schedule.prediction_type)
             x_prev = x_prev.astype(x.dtype)
             ys = (x_prev, pred_x0.astype(x.dtype)) if return_intermediates else None

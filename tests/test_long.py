@@ -59,6 +59,118 @@ def test_one_window_is_plain_attention():
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(_attend(q, k, v)))
 
 
+def _window_map_reference(fn, x, window, stride):
+    """Each window's fn in numpy, weighted by the centre-favouring triangle."""
+    n, t = x.shape[:2]
+    acc, tot = np.zeros(x.shape), np.zeros(t)
+    wts = np.minimum(np.arange(window) + 1, window - np.arange(window))
+    for s in fw.window_starts(t, window, stride):
+        acc[:, s : s + window] += (
+            np.asarray(fn(x[:, s : s + window]), np.float64) * wts[None, :, None]
+        )
+        tot[s : s + window] += wts
+    return acc / tot[None, :, None]
+
+
+@pytest.mark.parametrize("at_once", [0, 1, 2, 9])
+def test_fused_window_map_equals_the_per_window_loop(at_once):
+    x = jax.random.normal(jax.random.key(4), (2, 13, 3))
+
+    def f(xw):  # depends on the whole window: a window's mean and its frame index
+        return (
+            jnp.tanh(xw - xw.mean(axis=1, keepdims=True))
+            * jnp.arange(1, xw.shape[1] + 1)[None, :, None]
+        )
+
+    one = lambda s: f(jax.lax.dynamic_slice_in_dim(x, s, 6, 1))  # noqa: E731
+    ours = fw.fused_window_map(one, x.shape, window=6, stride=2, at_once=at_once)
+    np.testing.assert_allclose(np.asarray(ours), _window_map_reference(f, x, 6, 2), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    plain = fw.fused_window_map(
+        lambda s: f(x), x.shape, window=13, stride=2, at_once=at_once
+    )  # one window: the function itself
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(f(x)), rtol=1e-6, atol=1e-7)
+
+
+def _tiny_unet(temporal: bool, **window):
+    from maestro_jax.models.unet import UNet, UNetConfig
+
+    cfg = UNetConfig.tiny(temporal=temporal, num_res_blocks=1)
+    x = jnp.zeros((1, 2, 8, 8, cfg.in_channels))
+    params = UNet(cfg).init(
+        jax.random.key(0), x, jnp.zeros((1,)), jnp.zeros((2, 77, cfg.context_dim)),
+        fps=jnp.full((1,), 8.0),
+    )["params"]  # fmt: skip
+    return cfg, cfg.replace(**window) if window else cfg, params
+
+
+def _call(cfg, params, x, ctx):
+    fn = lambda p, x, c: sampling._unet_fn(cfg, p, 8, None)(  # noqa: E731
+        x, jnp.full((x.shape[0],), 500), {"context": c}, 0
+    )
+    return np.asarray(jax.jit(fn)(params, x, ctx))
+
+
+def test_whole_unet_windows_equal_plain_sampling_where_frames_are_independent():
+    """A UNet without temporal layers treats frames independently: fusing its windows must give
+    back the plain call exactly (any window, stride, windows_at_once), the mosaic edit cut to
+    each window's frames included (`test_mosaic`: the cut edit equals the whole edit's frames)."""
+    plain_cfg, _, params = _tiny_unet(False)
+    f = 11
+    x = jax.random.normal(jax.random.key(1), (2, f, 8, 8, plain_cfg.in_channels))
+    ctx = jax.random.normal(jax.random.key(2), (2, f, 77, plain_cfg.context_dim))
+    ref = _call(plain_cfg, params, x, ctx)
+    for at_once in (1, 0):
+        cfg = plain_cfg.replace(
+            temporal_window=4, temporal_stride=2, windows_at_once=at_once, window_fusion="unet"
+        )
+        np.testing.assert_allclose(_call(cfg, params, x, ctx), ref, rtol=2e-5, atol=2e-5)
+
+
+def test_whole_unet_windows_with_one_window_are_plain_and_memory_follows_windows_at_once():
+    plain_cfg, _, params = _tiny_unet(True)
+    c, dc = plain_cfg.in_channels, plain_cfg.context_dim
+    win = plain_cfg.replace(temporal_window=4, temporal_stride=2, windows_at_once=1,
+                            window_fusion="unet")  # fmt: skip
+    x = jax.random.normal(jax.random.key(1), (2, 4, 8, 8, c))
+    ctx = jax.random.normal(jax.random.key(2), (2, 4, 77, dc))
+    np.testing.assert_array_equal(_call(win, params, x, ctx), _call(plain_cfg, params, x, ctx))
+
+    def compiled(cfg, frames):
+        fn = lambda p, x, cc: sampling._unet_fn(cfg, p, 8, None)(  # noqa: E731
+            x, jnp.full((2,), 500), {"context": cc}, 0
+        )
+        xs = jax.ShapeDtypeStruct((2, frames, 8, 8, c), jnp.float32)
+        cs = jax.ShapeDtypeStruct((2, frames, 77, dc), jnp.float32)
+        return jax.jit(fn).lower(params, xs, cs).compile()
+
+    # longer: finite, and not FreeNoise's attention-only fusion (other layers see one window)
+    x8 = jax.random.normal(jax.random.key(3), (2, 8, 8, 8, c))
+    c8 = jax.random.normal(jax.random.key(4), (2, 8, 77, dc))
+    att = plain_cfg.replace(temporal_window=4, temporal_stride=2)
+    win8 = compiled(win, 8)
+    u = np.asarray(win8(params, x8, c8))
+    assert np.isfinite(u).all() and np.abs(_call(att, params, x8, c8) - u).max() > 1e-4
+    # windows_at_once 1: 4x the frames costs (almost) no more working memory (the attention
+    # fusion's grows with the frames: benchmarks/long_memory.py)
+    temp = lambda exe: exe.memory_analysis().temp_size_in_bytes  # noqa: E731
+    assert temp(compiled(win, 32)) < 1.3 * temp(win8)
+
+
+def test_windowed_spec_picks_the_fusion_from_windows_at_once():
+    from maestro_jax.generation.config import generation_config
+    from maestro_jax.generation.weights import base_spec
+
+    base = base_spec(generation_config("runlocal"))
+    assert gl.windowed_spec(base, 4, 2).unet.window_fusion == "attention"
+    u = gl.windowed_spec(base, 4, 2, at_once=2).unet
+    assert (u.window_fusion, u.windows_at_once, u.frame_window) == ("unet", 2, (0, 2, 0))
+    with pytest.raises(ValueError, match="windows_at_once must be >= 0"):
+        gl.windowed_spec(base, 4, 2, at_once=-1)
+    with pytest.raises(ValueError, match="window_fusion='frames'"):
+        base.unet.replace(window_fusion="frames")
+
+
 # ----------------------------------------------------------------------------- UNet
 def test_window_fusion_equals_plain_temporal_layer_with_one_window():
     from maestro_jax.models.unet import TemporalTransformer
@@ -107,6 +219,35 @@ def test_rescheduled_noise_is_deterministic_and_repeats_the_first_window():
         want = sorted(map(tuple, a[i - 8 : i - 4].reshape(4, -1).round(6)))
         assert sorted(map(tuple, a[i : i + 4].reshape(4, -1).round(6))) == want
     assert not np.array_equal(a[8:12], a[0:4])  # shuffled, not a plain repeat (seed 7)
+
+
+def test_every_ddim_step_draws_rescheduled_noise():
+    from maestro_jax.models.unet import UNetConfig
+
+    cfg = UNetConfig.tiny().replace(temporal_window=8, temporal_stride=4)
+    assert sampling.step_noise_fn(cfg, 8) is None  # one window: plain draws
+    assert sampling.step_noise_fn(UNetConfig.tiny(), 20) is None  # no windows
+    draw = sampling.step_noise_fn(cfg, 20)
+    key = jax.random.fold_in(jax.random.key(5), 3)  # the draw of step 3
+    z = np.asarray(jax.jit(draw, static_argnums=1)(key, (1, 20, 2, 2, 4)))
+    np.testing.assert_array_equal(z, np.asarray(gl.rescheduled_normal(key, (1, 20, 2, 2, 4), 8, 4)))
+    # the first window is a window-long job's draw; later frames repeat first-window frames
+    np.testing.assert_array_equal(z[:, :8], np.asarray(jax.random.normal(key, (1, 8, 2, 2, 4))))
+    first = z[0, :8].reshape(8, -1)
+    for f in range(8, 20):
+        assert (np.abs(first - z[0, f].reshape(-1)).max(axis=1) == 0).sum() == 1
+    # and ddim_sample takes its per-step noise from the given draw
+    from maestro_jax.diffusion import ddim_sample
+
+    x_T = jnp.ones((1, 20, 2, 2, 4))
+    model = lambda x, t, c, step: 0.1 * x  # noqa: E731
+    common = dict(cond=None, steps=4, eta=1.0, guidance=None)
+    a = ddim_sample(model, x_T, key=jax.random.key(0), draw_noise=draw, **common)
+    noise = jnp.stack([draw(jax.random.fold_in(jax.random.key(0), i), x_T.shape) for i in range(4)])
+    b = ddim_sample(model, x_T, noise=noise, **common)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    c = ddim_sample(model, x_T, key=jax.random.key(0), **common)
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
 
 
 def test_audio_token_windows_line_up_with_time():
@@ -158,7 +299,7 @@ def wavs(tmp_path_factory):
     return d
 
 
-def _plan(wavs, audio, max_seconds=600.0, flag_boxes=None, **job):
+def _plan(wavs, audio, max_seconds=600.0, flag_boxes=None, at_once=0, **job):
     from maestro_jax.generation.config import generation_config
     from maestro_jax.generation.jobs import job_from_dict
     from maestro_jax.generation.plan import plan_job
@@ -166,6 +307,7 @@ def _plan(wavs, audio, max_seconds=600.0, flag_boxes=None, **job):
     cfg = generation_config("runlocal")
     cfg.num_frames = 8
     cfg.long.max_seconds = max_seconds
+    cfg.long.windows_at_once = at_once
     j = job_from_dict({"audio": [str(wavs / f"{a}.wav") for a in audio], "window": 0, **job})
     if flag_boxes is not None:
         j.boxes = flag_boxes
@@ -201,6 +343,10 @@ def test_whole_audio_bad_input(wavs):
         _plan(wavs, ["a", "b"], max_seconds=8.0)  # refused from the header, before decoding
     with pytest.raises(JobError, match="window must be >= 0"):
         _plan(wavs, ["a", "b"], window=-1)
+    with pytest.raises(JobError, match="long.windows_at_once must be >= 0"):
+        _plan(wavs, ["a", "b"], at_once=-2)
+    with pytest.raises(JobError, match="long.max_seconds must be > 0"):
+        _plan(wavs, ["a", "b"], max_seconds=0.0)
 
 
 # ----------------------------------------------------------------------------- toy command
@@ -272,4 +418,13 @@ def test_whole_audio_auto_boxes_job_end_to_end(tmp_path):
     assert boxes.shape == (6, 2, 4)
     np.testing.assert_allclose((boxes[..., 0] + boxes[..., 2]) / 2, [[0.25, 0.75]] * 6, atol=0.01)
     assert meta["auto_layout"]["note"] == ""
+    assert meta["long"] == {"window_frames": 4, "stride": 2, "window_starts": [0, 2],
+                            "windows_at_once": 0, "fusion": "attention"}  # fmt: skip
     assert (tmp_path / "out" / "long.mp4").stat().st_size > 0
+    # the same job with the whole UNet one window at a time (memory bounded by one window)
+    cfg.long.windows_at_once = 1
+    assert gen.run(cfg, [job], tmp_path / "out1", strict=True) == 0
+    meta1 = json.loads((tmp_path / "out1" / "long.json").read_text())
+    assert meta1["video"]["frames"] == 6 and meta1["boxes_per_frame"] == meta["boxes_per_frame"]
+    assert (meta1["long"]["fusion"], meta1["long"]["windows_at_once"]) == ("unet", 1)
+    assert (tmp_path / "out1" / "long.mp4").stat().st_size > 0

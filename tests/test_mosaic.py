@@ -611,6 +611,33 @@ def test_rows_split_statically_same_output_less_work(env):
         assert flops[0] < 0.75 * flops[1], (mode, flops)
 
 
+def test_frame_window_is_the_edit_of_those_frames(env):
+    """An edit cut to frames [1, 3) (a long video's window; the start may be traced) gives, on
+    those frames' rows, what the whole edit gives them (Mosaic Denoising is per frame)."""
+    n_f, n_b = env["n_f"], env["n_b"]
+    q, ctx = env["qs"][RES[0]], env["ctx"]
+    rows = np.array([b * n_f + f for b in range(n_b) for f in (1, 2)])
+    for mode, boxes in (("mosaic", BOXES_A), ("locate", BOXES_B)):
+        edit = mosaic.make_edit(mode, boxes=boxes, **env["kw"])
+        cut = jax.jit(lambda e, s: e.frame_window(s, 2))(edit, jnp.int32(1))
+        assert cut.num_frames == 2 and cut.edit_rows == edit.edit_rows
+        np.testing.assert_array_equal(np.asarray(cut.c_merge), np.asarray(edit.c_merge)[1:3])
+        np.testing.assert_array_equal(np.asarray(cut.c_sep), np.asarray(edit.c_sep)[:, 1:3])
+        if mode == "mosaic":
+            np.testing.assert_array_equal(
+                np.asarray(cut.assigns[0]), np.asarray(edit.assigns[0])[1:3]
+            )
+            whole = np.asarray(env["run"](edit, q, ctx))[rows]
+            np.testing.assert_allclose(
+                np.asarray(env["run"](cut, q[rows], ctx[rows])), whole, rtol=1e-6, atol=1e-6
+            )
+        else:  # Object Locating's maximum is then taken over the window's frames
+            np.testing.assert_array_equal(
+                np.asarray(cut.locate_maps[0]), np.asarray(edit.locate_maps[0])[:, 1:3]
+            )
+            assert np.isfinite(np.asarray(env["run"](cut, q[rows], ctx[rows]))).all()
+
+
 def test_wrong_resolution_is_clear(env):
     edit = mosaic.make_edit("mosaic", boxes=BOXES_A, **env["kw"])
     q = np.zeros((8, 12, HEADS, DH), np.float32)

@@ -31,8 +31,10 @@ def generation_config(variant: str) -> ml_collections.ConfigDict:
     c.mode = "maestro"  # maestro | vanilla | locate | mosaic (ablations)
     c.boxes = "LR"  # default layout of jobs that give none
     c.clip_window = 4.0  # seconds of audio per video; S = ceil(window / 2) segments; 0 = all
-    # whole-audio jobs (clip_window 0): FreeNoise windows of num_frames frames `stride` apart,
-    # `windows_at_once` of them computed together (0 = all), audio up to `max_seconds`
+    # whole-audio jobs (clip_window 0): FreeNoise windows of num_frames frames `stride` apart;
+    # `windows_at_once` 0 = all at once, fused in the temporal attention (memory grows with the
+    # length), k >= 1 = the whole UNet on k windows at a time (memory follows k); audio up to
+    # `max_seconds`
     c.long = ml_collections.ConfigDict(dict(stride=4, windows_at_once=0, max_seconds=600.0))
     c.clip_rule = "git"  # ImageBind clip sampler: git (disjoint) | pypi015 (the release)
     c.num_queries = 10  # N_Q of the CIM (must match the CIM checkpoint)

@@ -4,12 +4,16 @@ A job with window 0 (`--config.clip_window=0` or the job field `"window": 0`) ma
 spans its whole audio at the frame rate of a 4 s job (`num_frames / BASE_WINDOW_S` frames per
 second), sampled in one DDIM scan over all frames:
 
-- the UNet's temporal attention runs over overlapping windows of `num_frames` frames (the
-  frames it was trained on), `cfg.long.stride` apart, fused per frame
-  (`maestro_jax.nn.frame_windows`); `cfg.long.windows_at_once` windows are computed together;
-- the initial noise is rescheduled (`rescheduled_noise`): frames past the first window repeat
-  the first window's noise, shuffled within each stride-sized chunk, so every window starts
-  from the same noise statistics and the windows agree on one scene;
+- the UNet runs over overlapping windows of `num_frames` frames (the frames it was trained
+  on), `cfg.long.stride` apart, fused per frame (`maestro_jax.nn.frame_windows`).
+  `cfg.long.windows_at_once` 0 (default): all windows at once, fused inside every temporal
+  attention as in FreeNoise (the other layers see all frames: memory grows with the length);
+  k >= 1: the whole UNet runs on k windows at a time and its predictions are fused (memory
+  follows k, not the length; each frame is computed in window / stride windows);
+- the noise is rescheduled (`rescheduled_normal`), the initial noise and every DDIM step's:
+  frames past the first window repeat the first window's noise, shuffled within each
+  stride-sized chunk, so every window sees the same noise statistics and the windows agree on
+  one scene;
 - every frame takes the audio tokens of the ImageBind 2 s clip under its time
   (`frame_tokens`): a source that starts late appears late;
 - boxes take keyframes in seconds over the whole length (`seconds_to_positions`).
@@ -96,9 +100,18 @@ LONG_DEFAULTS = {"stride": 4, "windows_at_once": 0, "max_seconds": 600.0}
 
 
 def long_options(cfg) -> dict:
-    """The config's `long` group over `LONG_DEFAULTS` (configs without one get the defaults)."""
+    """The config's `long` group over `LONG_DEFAULTS` (configs without one get the defaults);
+    LongInputError for a negative `windows_at_once` or a `max_seconds` that is not positive."""
     group = cfg.get("long") if hasattr(cfg, "get") else None
-    return {k: type(v)(group.get(k, v)) if group else v for k, v in LONG_DEFAULTS.items()}
+    opts = {k: type(v)(group.get(k, v)) if group else v for k, v in LONG_DEFAULTS.items()}
+    if opts["windows_at_once"] < 0:
+        raise LongInputError(
+            f"long.windows_at_once must be >= 0 (0 = all windows at once), got "
+            f"{opts['windows_at_once']}"
+        )
+    if opts["max_seconds"] <= 0:
+        raise LongInputError(f"long.max_seconds must be > 0, got {opts['max_seconds']:g}")
+    return opts
 
 
 def audio_seconds(path) -> float | None:
@@ -123,26 +136,34 @@ def frame_tokens(tokens: jax.Array, frames: int, rate: float) -> jax.Array:
     return jnp.asarray(tokens)[:, seg]
 
 
+def rescheduled_normal(key: jax.Array, shape: tuple[int, ...], window: int, stride: int):
+    """FreeNoise's noise rescheduling of one standard-normal draw of shape [B, F, ...] (`key`
+    may be traced: the same function draws x_T and every DDIM step's noise).
+
+    The first `window` frames equal `jax.random.normal(key, [B, window, ...])`, i.e. the draw
+    of a `window`-frame job; each later chunk of `stride` frames [i, i + stride) takes the noise
+    of frames [i - window, i - window + stride) in an order shuffled by (key, i)."""
+    frames = shape[1]
+    first = jax.random.normal(key, (shape[0], min(window, frames), *shape[2:]), jnp.float32)
+    if frames <= window:
+        return first
+    src = jnp.arange(window)  # frame -> the first-window frame its noise comes from
+    for i in range(window, frames, stride):
+        n = min(stride, frames - i)
+        perm = jax.random.permutation(jax.random.fold_in(key, i), n)
+        src = jnp.concatenate([src, src[i - window + perm]])
+    return first[:, src]
+
+
 def rescheduled_noise(
     seed: int, shape: tuple[int, ...], window: int, stride: int
 ) -> tuple[jax.Array, jax.Array]:
-    """(x_T, per-step key) of a long job: shape [1, F, h, w, C].
-
-    The first `window` frames and the key equal `sampling.initial_noise(seed, ...)` of a
-    `window`-frame job; each later chunk of `stride` frames [i, i + stride) takes the noise of
-    frames [i - window, i - window + stride) in an order shuffled by (seed, i)."""
-    key = jax.random.key(seed)
-    k_x, k_steps = jax.random.split(key)
-    frames = shape[1]
-    first = jax.random.normal(k_x, (shape[0], min(window, frames), *shape[2:]), jnp.float32)
-    if frames <= window:
-        return first, k_steps
-    src = list(range(window))  # frame -> the first-window frame its noise comes from
-    for i in range(window, frames, stride):
-        n = min(stride, frames - i)
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_x, i), n))
-        src.extend(src[i - window + int(p)] for p in perm)
-    return first[:, np.array(src)], k_steps
+    """(x_T, per-step key) of a long job: shape [1, F, h, w, C]; x_T = `rescheduled_normal` of
+    the seed's noise key. The first `window` frames and the key equal
+    `sampling.initial_noise(seed, ...)` of a `window`-frame job. The sampler draws every DDIM
+    step's noise with `rescheduled_normal` too (`sampling.step_noise_fn`)."""
+    k_x, k_steps = jax.random.split(jax.random.key(seed))
+    return rescheduled_normal(k_x, shape, window, stride), k_steps
 
 
 def seconds_to_positions(keyframes, frames: int, rate: float) -> list:
@@ -160,14 +181,25 @@ def seconds_to_positions(keyframes, frames: int, rate: float) -> list:
 
 
 def windowed_models(models, window: int, stride: int, at_once: int = 0):
-    """`models` whose UNet fuses temporal attention over windows (the weights are shared)."""
+    """`models` whose UNet runs over windows (the weights are shared): see `windowed_spec`."""
     return dataclasses.replace(models, spec=windowed_spec(models.spec, window, stride, at_once))
 
 
 def windowed_spec(spec, window: int, stride: int, at_once: int = 0):
-    """A `ModelSpec` whose UNet fuses temporal attention over windows."""
+    """A `ModelSpec` whose UNet runs over windows of `window` frames `stride` apart.
+
+    at_once 0 (all windows at once): FreeNoise's fusion inside every temporal attention
+    (`window_fusion='attention'`), every other layer over all frames, so memory grows with the
+    video's length. at_once k >= 1: the sampler runs the whole UNet on k windows at a time and
+    fuses the predictions (`window_fusion='unet'`): memory follows k, not the length."""
+    at_once = int(at_once)
+    if at_once < 0:
+        raise ValueError(f"long.windows_at_once must be >= 0, got {at_once}")
     unet = spec.unet.replace(
-        temporal_window=int(window), temporal_stride=int(stride), windows_at_once=int(at_once)
+        temporal_window=int(window),
+        temporal_stride=int(stride),
+        windows_at_once=at_once,
+        window_fusion="unet" if at_once >= 1 else "attention",
     )
     return dataclasses.replace(spec, unet=unet)
 

@@ -14,6 +14,7 @@ from maestro_jax.audio import layout, separation
 from maestro_jax.files import write_json
 from maestro_jax.generation import sampling
 from maestro_jax.generation.jobs import output_paths
+from maestro_jax.generation.long import long_options
 from maestro_jax.generation.plan import Plan, job_window
 
 
@@ -74,6 +75,18 @@ def _query_embeddings(plan: Plan):
         return np.asarray(z["embeddings"] if "embeddings" in z.files else z[z.files[0]])
 
 
+def _long_json(spec, cfg) -> dict:
+    """How a whole-audio video was made: its windows and where they were fused."""
+    at_once = long_options(cfg)["windows_at_once"]
+    return {
+        "window_frames": spec.window,
+        "stride": spec.stride,
+        "window_starts": list(spec.starts),
+        "windows_at_once": at_once,
+        "fusion": "unet" if at_once >= 1 else "attention",
+    }
+
+
 def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, extra: dict) -> dict:
     from maestro_jax.video import contact_sheet, write_png, write_video
 
@@ -111,6 +124,7 @@ def write_outputs(plan: Plan, frames: np.ndarray, mixture, outdir: Path, cfg, ex
         "config": json.loads(cfg.to_json_best_effort()),
         "warnings": plan.warnings,
         **({"auto_layout": plan.auto_layout.to_json()} if plan.auto_layout else {}),
+        **({"long": _long_json(plan.long, cfg)} if plan.long is not None else {}),
         **extra,
     }
     write_json(paths["json"], settings)

@@ -155,7 +155,10 @@ def plan_job(job: Job, cfg, models_hint: dict) -> Plan:
     def load(p):
         if job_window(job, cfg) == 0:  # refuse a too-long file before decoding it
             seconds = gl.audio_seconds(p)
-            limit = gl.long_options(cfg)["max_seconds"]
+            try:
+                limit = gl.long_options(cfg)["max_seconds"]
+            except gl.LongInputError as e:
+                raise JobError(f"job {job.name}: {e}") from e
             if seconds is not None and seconds > limit:
                 raise JobError(f"job {job.name}: {p}: " + gl.too_long(seconds, limit))
         try:
@@ -242,8 +245,8 @@ def _long_spec(job: Job, cfg, audio: list) -> gl.LongSpec | None:
     """The whole-audio geometry of a window-0 job (None otherwise); JobError on bad audio."""
     if job_window(job, cfg) > 0:
         return None
-    opts = gl.long_options(cfg)
     try:
+        opts = gl.long_options(cfg)
         return gl.long_spec(
             [w.shape[-1] / sr for w, sr in audio], int(cfg.num_frames), opts["stride"],
             opts["max_seconds"],

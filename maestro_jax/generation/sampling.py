@@ -28,6 +28,7 @@ import numpy as np
 from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.diffusion import ddim_sample, ddim_timesteps
+from maestro_jax.generation.long import rescheduled_normal
 from maestro_jax.generation.models import (
     Models,
     ModelSpec,
@@ -37,6 +38,7 @@ from maestro_jax.generation.models import (
 )
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
+from maestro_jax.nn.frame_windows import fused_window_map
 from maestro_jax.procfs import proc_kib
 
 MODES = ("maestro", "vanilla", "locate", "mosaic")
@@ -104,6 +106,8 @@ class SamplerSettings:
 
 
 def _unet_fn(unet_config: UNetConfig, params: Any, fps: int, edit: Any) -> Callable:
+    if unet_config.window_fusion == "unet" and unet_config.temporal_window:
+        return _windowed_unet_fn(unet_config, params, fps, edit)
     unet = UNet(unet_config)
 
     def fn(x, t, cond, step):
@@ -116,6 +120,45 @@ def _unet_fn(unet_config: UNetConfig, params: Any, fps: int, edit: Any) -> Calla
         )
 
     return fn
+
+
+def _windowed_unet_fn(unet_config: UNetConfig, params: Any, fps: int, edit: Any) -> Callable:
+    """`window_fusion='unet'`: the whole UNet on `windows_at_once` windows of `temporal_window`
+    frames at a time (contexts and the mosaic edit cut to each window's frames), predictions
+    fused per frame (`frame_windows.fused_window_map`). A video of at most one window runs as
+    one plain call."""
+    window, stride, at_once = (
+        unet_config.temporal_window, unet_config.temporal_stride, unet_config.windows_at_once
+    )  # fmt: skip
+    plain = unet_config.replace(temporal_window=0, windows_at_once=0, window_fusion="attention")
+
+    def fn(x, t, cond, step):
+        n, f = x.shape[:2]
+        if f <= window:
+            return _unet_fn(plain, params, fps, edit)(x, t, cond, step)
+        ctx = cond["context"]
+        ctx = ctx.reshape(n, f, *ctx.shape[1:]) if ctx.ndim == 3 else ctx  # [n, F, L, D]
+
+        def one(start):
+            cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, window, 1)  # noqa: E731
+            e = None if edit is None else edit.frame_window(start, window)
+            return _unet_fn(plain, params, fps, e)(cut(x), t, {**cond, "context": cut(ctx)}, step)
+
+        out = fused_window_map(one, x.shape, window=window, stride=stride, at_once=at_once)
+        return out.astype(x.dtype)
+
+    return fn
+
+
+def step_noise_fn(unet_config: UNetConfig, frames: int) -> Callable | None:
+    """The per-step noise draw of a video of `frames` frames: FreeNoise's rescheduled draws
+    (`long.rescheduled_normal`) when its UNet runs over windows and the video is longer than
+    one, else None (plain `jax.random.normal`)."""
+    window = unet_config.temporal_window
+    if not window or frames <= window:
+        return None
+    stride = unet_config.temporal_stride
+    return lambda key, shape: rescheduled_normal(key, shape, window, stride)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +244,7 @@ def _maestro_one(params, n_d, c_merge, null_f, locate, mos, x_T, key, unet_confi
     common = dict(
         cond=cond, uncond=uncond, steps=settings.steps, eta=settings.eta,
         guidance=settings.guidance, schedule=schedule_named(schedule), key=key,
-        progress=progress,
+        draw_noise=step_noise_fn(unet_config, x_T.shape[1]), progress=progress,
     )  # fmt: skip
     unet_fn = functools.partial(_unet_fn, unet_config, params, settings.fps)
     if settings.mode != "maestro":  # one edit (or none) on every step

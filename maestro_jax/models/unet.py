@@ -46,6 +46,7 @@ TEMPORAL_CONV_GN_EPS = 1e-5  # TemporalConvBlock nn.GroupNorm(32, C) (torch defa
 TRANSFORMER_GN_EPS = 1e-6  # SpatialTransformer / TemporalTransformer `norm`
 LAYERNORM_EPS = 1e-5  # BasicTransformerBlock norm1..3 (torch default)
 GN_GROUPS = 32
+WINDOW_FUSIONS = ("attention", "unet")  # UNetConfig.window_fusion
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,6 +72,12 @@ class UNetConfig(PresetConfig):
       attention (`maestro_jax.nn.frame_windows`): with temporal_window > 0 and more frames than
       that, temporal attention runs over windows of temporal_window frames temporal_stride apart,
       windows_at_once of them together (0 = all), fused per frame. 0 (default): all frames.
+    window_fusion: where those windows are fused. 'attention' (default, FreeNoise): inside
+      every temporal attention, as above; every other layer sees all frames at once. 'unet':
+      the sampler (`generation.sampling`) runs the whole UNet on windows_at_once windows of
+      temporal_window frames at a time and fuses the predictions per frame with the same
+      weights, so its memory follows windows_at_once, not the number of frames. The module
+      itself never windows in 'unet' mode.
     """
 
     in_channels: int = 4
@@ -96,6 +103,7 @@ class UNetConfig(PresetConfig):
     temporal_window: int = 0
     temporal_stride: int = 4
     windows_at_once: int = 0
+    window_fusion: str = "attention"
 
     def __post_init__(self):
         # lists from JSON/yaml -> tuples so the config stays hashable (flax module attribute)
@@ -105,6 +113,10 @@ class UNetConfig(PresetConfig):
             v = getattr(self, f)
             if v is not None and v not in IMPLS:
                 raise ValueError(f"UNetConfig.{f}={v!r} is not one of {IMPLS}")
+        if self.window_fusion not in WINDOW_FUSIONS:
+            raise ValueError(
+                f"UNetConfig.window_fusion={self.window_fusion!r} is not one of {WINDOW_FUSIONS}"
+            )
         if jnp.dtype(self.dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
             raise ValueError(f"UNetConfig.dtype={self.dtype!r}: want float32, bfloat16 or float16")
         for mult in self.channel_mult:
@@ -121,7 +133,10 @@ class UNetConfig(PresetConfig):
 
     @property
     def frame_window(self) -> tuple[int, int, int]:
-        """(window, stride, at_once) of the temporal attention (window 0: all frames)."""
+        """(window, stride, at_once) of the temporal attention (window 0: all frames; always 0
+        in 'unet' fusion, where the sampler hands the UNet one window at a time)."""
+        if self.window_fusion == "unet":
+            return (0, self.temporal_stride, 0)
         return (self.temporal_window, self.temporal_stride, self.windows_at_once)
 
     def impl(self, kind: str) -> str:
@@ -415,7 +430,7 @@ class Attention(nn.Module):
             impl = self.impl
             attend = lambda q_, k_, v_: dot_product_attention(q_, k_, v_, scale=scale, impl=impl)  # noqa: E731
             window, stride, at_once = self.frame_window
-            if window and context is None and x.shape[1] > window:
+            if window and context is None and x.shape[1] > window:  # 'attention' fusion
                 out = fused_window_attention(
                     q, k, v, attend, window=window, stride=stride, at_once=at_once
                 )

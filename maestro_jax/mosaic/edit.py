@@ -194,6 +194,26 @@ class MosaicEdit:
     attn_impl: str = struct.field(pytree_node=False, default="xla")
     split_rows: bool = struct.field(pytree_node=False, default=True)
 
+    def frame_window(self, start: jax.Array | int, length: int) -> MosaicEdit:
+        """This edit for frames [start, start + length) only (`start` may be traced): every
+        per-frame array sliced on its frame axis, num_frames = length. Object Locating's
+        per-sample maximum is then taken over those frames."""
+
+        def cut(x, axis):
+            return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, length, axis)
+
+        def cut_all(xs, axis):
+            return None if xs is None else tuple(cut(x, axis) for x in xs)
+
+        return self.replace(
+            c_merge=cut(self.c_merge, 0),
+            c_sep=cut(self.c_sep, 1),
+            c_background=cut(self.c_background, 0),
+            locate_maps=cut_all(self.locate_maps, 1),
+            assigns=cut_all(self.assigns, 0),
+            num_frames=int(length),
+        )
+
     def _res_index(self, hw: Resolution) -> int:
         hw = (int(hw[0]), int(hw[1]))
         if hw not in self.resolutions:

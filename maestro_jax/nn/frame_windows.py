@@ -7,7 +7,10 @@ the window's centre, and a frame's output is the weighted mean over the windows 
 With one window (at most `window` frames) this is plain attention over all frames.
 
 `at_once` windows are computed together (a `lax.scan` over groups of windows): the attention
-memory grows with `at_once`, not with the number of windows.
+memory grows with `at_once`, not with the number of windows; the layers around it still see
+every frame. `fused_window_map` applies the same windows and weights to a whole function of a
+window (the UNet, in `window_fusion='unet'`), so nothing in it sees more than `at_once`
+windows.
 """
 
 from __future__ import annotations
@@ -77,3 +80,48 @@ def fused_window_attention(q, k, v, attend, *, window: int, stride: int, at_once
     for s in window_starts(t, window, stride):
         total[s : s + window] += window_weights(window)
     return (acc / jnp.asarray(total)[None, :, None, None]).astype(q.dtype)
+
+
+def fused_window_map(one_window, out_shape, *, window: int, stride: int, at_once: int = 1):
+    """Any frame-windowed function fused per frame (the whole-UNet form of the fusion above).
+
+    `one_window(start)` (start a traced int32 scalar) returns the output for frames
+    [start, start + window) as [N, window, ...]; `out_shape` is the fused output's shape
+    [N, T, ...]. Windows and weights are those of `fused_window_attention`; `at_once` windows run
+    together (vmapped; 0 = all), the groups one after another in a `lax.scan`, so the working
+    memory is that of `at_once` windows whatever T is. Returns float32 [N, T, ...]."""
+    n, t = out_shape[:2]
+    starts = np.array(window_starts(t, window, stride), np.int32)
+    n_win = len(starts)
+    group = n_win if at_once <= 0 else min(int(at_once), n_win)
+    n_groups = -(-n_win // group)
+    pad = n_groups * group - n_win
+    w = np.tile(window_weights(window), (n_win, 1))
+    starts = np.concatenate([starts, np.full(pad, starts[-1], np.int32)])  # weigh 0
+    w = np.concatenate([w, np.zeros((pad, window), np.float32)])
+    tail = (None,) * (len(out_shape) - 2)
+
+    def one_group(acc, xs):
+        st, ws = xs  # [G], [G, W]
+        if group == 1:
+            o = one_window(st[0])[None]
+        else:
+            o = jax.vmap(one_window)(st)  # [G, N, W, ...]
+        o = o.astype(jnp.float32) * ws[:, None, :, *tail]
+        idx = (st[:, None] + jnp.arange(window, dtype=st.dtype)).reshape(-1)  # [G * W]
+        o = jnp.swapaxes(o, 0, 1).reshape(n, group * window, *out_shape[2:])
+        return acc.at[:, idx].add(o), None
+
+    acc = jnp.zeros(out_shape, jnp.float32)
+    acc, _ = jax.lax.scan(
+        one_group,
+        acc,
+        (
+            jnp.asarray(starts.reshape(n_groups, group)),
+            jnp.asarray(w.reshape(n_groups, group, window)),
+        ),
+    )
+    total = np.zeros(t, np.float32)
+    for s in window_starts(t, window, stride):
+        total[s : s + window] += window_weights(window)
+    return acc / jnp.asarray(total)[None, :, *tail]

@@ -4,7 +4,8 @@ segments, and boxes from stereo sound vs true boxes (`maestro_jax.toy.long_eval`
     python -m maestro_jax.toy.evaluate_long --jobs 8 --out results/toy_long
 
 Writes OUT/long.md (the README's tables), OUT/long.json and OUT/long_example.png (rows: the
-true video, naive segments, FreeNoise windows, FreeNoise with auto boxes, of the first scene).
+true video, naive segments, FreeNoise windows, whole-UNet windows, FreeNoise with auto boxes,
+of the first scene).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ _ASSETS = flags.DEFINE_string("assets", None, "toy weights folder (default: the 
 _JOBS = flags.DEFINE_integer("jobs", 8, "12 s scenes to generate")
 _SOURCES = flags.DEFINE_integer("sources", 2, "sources per scene")
 _STRIDE = flags.DEFINE_integer("stride", 4, "frames between FreeNoise windows (1..8)")
-_METHODS = flags.DEFINE_string("methods", "naive,freenoise,auto", "methods, comma-separated")
+_METHODS = flags.DEFINE_string(
+    "methods", "naive,freenoise,windows,auto", "methods, comma-separated"
+)
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the scene set")
 _OUT = flags.DEFINE_string("out", "results/toy_long", "output folder")
 

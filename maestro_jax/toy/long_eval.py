@@ -5,8 +5,10 @@ Every job is a 12 s toy scene (`maestro_jax.toy.long_world.long_scene`: K object
 each sounding from its onset to its offset). Methods:
 
 - 'freenoise': one whole-audio job (`generation.long`): 24 frames, temporal attention over
-  8-frame windows `stride` apart, rescheduled noise, each frame's tokens from the 2 s clip under
-  it, the true static boxes;
+  8-frame windows `stride` apart, rescheduled noise (initial and per step), each frame's tokens
+  from the 2 s clip under it, the true static boxes (`long.windows_at_once` 0);
+- 'windows': the same job with the whole UNet run one 8-frame window at a time and its
+  predictions fused (`long.windows_at_once` 1: memory bounded by one window);
 - 'naive': three independent 4 s jobs (the default path, seeds seed, seed + 1, seed + 2), their
   frames concatenated;
 - 'auto': 'freenoise' with boxes estimated from the scene's stereo rendering
@@ -31,7 +33,7 @@ from maestro_jax.metrics import placement as colour_pl
 from maestro_jax.toy import long_world as lw
 from maestro_jax.toy import world as tw
 
-METHODS = ("naive", "freenoise", "auto")
+METHODS = ("naive", "freenoise", "windows", "auto")
 SEGMENT_FRAMES = tw.NUM_FRAMES  # 4 s of the toy world
 
 
@@ -42,8 +44,8 @@ def _tokens(models, cfg, stems: np.ndarray, seconds: float):
 
 
 def generate(models, cfg, scene: lw.LongScene, method: str, boxes, stride: int) -> np.ndarray:
-    """uint8 frames [24, H, W, 3] of one scene by one method ('naive' | 'freenoise'; 'auto' is
-    'freenoise' with other boxes)."""
+    """uint8 frames [24, H, W, 3] of one scene by one method ('naive' | 'freenoise' |
+    'windows'; 'auto' is 'freenoise' with other boxes)."""
     from maestro_jax.generation import long as gl
     from maestro_jax.generation import runner as gen
     from maestro_jax.generation import sampling
@@ -65,7 +67,7 @@ def generate(models, cfg, scene: lw.LongScene, method: str, boxes, stride: int) 
         frames = sampling.decode(models, lat, cfg.frame_chunk)
         return np.concatenate(list(frames), axis=0)
     spec = gl.long_spec([scene.stems.shape[1] / tw.SR], int(cfg.num_frames), stride, 600.0)
-    mw = gl.windowed_models(models, spec.window, spec.stride)
+    mw = gl.windowed_models(models, spec.window, spec.stride, 1 if method == "windows" else 0)
     tok = gl.frame_tokens(
         _tokens(models, cfg, scene.stems, spec.segments * 2.0), spec.frames, spec.rate
     )
@@ -182,7 +184,9 @@ def markdown_tables(result: dict) -> str:
         "Diff at 4 s seams | Diff inside | AV-Align |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    names = {"naive": "naive: 3 independent 4 s segments", "freenoise": "FreeNoise windows",
+    names = {"naive": "naive: 3 independent 4 s segments",
+             "freenoise": "FreeNoise windows (temporal attention fused)",
+             "windows": "whole-UNet windows, 1 at once (predictions fused)",
              "auto": "FreeNoise windows, auto boxes", "truth": "(truth video)"}  # fmt: skip
     for m in [*[m for m in METHODS if m in s], "truth"]:
         r = s[m]
@@ -204,7 +208,7 @@ def markdown_tables(result: dict) -> str:
 
 
 def example_sheet(result: dict) -> np.ndarray:
-    """Rows: truth, naive, FreeNoise (, auto) of the first scene: 24 frames each."""
+    """Rows: truth, then the methods in METHODS order, of the first scene: 24 frames each."""
     from maestro_jax.video import contact_sheet
 
     rows = [result["truth_example"]] + [
