@@ -39,7 +39,7 @@ toy-world: $(STAMP)
 	$(VPY) -m maestro_jax.toy.build
 
 test: $(TEST_STAMP)
-	$(VPY) -m pytest -q -n 2 --dist loadfile tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
