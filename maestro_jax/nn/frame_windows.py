@@ -40,6 +40,24 @@ def window_weights(window: int) -> np.ndarray:
     return np.minimum(i + 1, window - i).astype(np.float32)
 
 
+def _window_groups(t: int, window: int, stride: int, at_once: int):
+    """(starts [n_groups, G] int32, weights [n_groups, G, W] float32, per-frame weight total [T])
+    of T frames in groups of `at_once` windows (0 = all); padding windows repeat the last start
+    and weigh 0."""
+    starts = np.array(window_starts(t, window, stride), np.int32)
+    n_win = len(starts)
+    group = n_win if at_once <= 0 else min(int(at_once), n_win)
+    n_groups = -(-n_win // group)
+    pad = n_groups * group - n_win
+    w = np.tile(window_weights(window), (n_win, 1))
+    total = np.zeros(t, np.float32)
+    for s, ws in zip(starts, w):
+        total[s : s + window] += ws
+    starts = np.concatenate([starts, np.full(pad, starts[-1], np.int32)])
+    w = np.concatenate([w, np.zeros((pad, window), np.float32)])
+    return starts.reshape(n_groups, group), w.reshape(n_groups, group, window), total
+
+
 def fused_window_attention(q, k, v, attend, *, window: int, stride: int, at_once: int = 0):
     """Attention over frames in overlapping windows, fused per frame.
 
@@ -49,17 +67,9 @@ def fused_window_attention(q, k, v, attend, *, window: int, stride: int, at_once
     n, t = q.shape[:2]
     if t <= window:
         return attend(q, k, v)
-    starts = np.array(window_starts(t, window, stride))
-    n_win = len(starts)
-    group = n_win if at_once <= 0 else min(int(at_once), n_win)
-    n_groups = -(-n_win // group)
-    pad = n_groups * group - n_win
-    w = np.tile(window_weights(window), (n_win, 1))
-    starts = np.concatenate([starts, np.full(pad, starts[-1])])  # padding windows weigh 0
-    w = np.concatenate([w, np.zeros((pad, window), np.float32)])
-    idx = starts[:, None] + np.arange(window)  # [n_win + pad, W]
-    idx = jnp.asarray(idx.reshape(n_groups, group, window))
-    w = jnp.asarray(w.reshape(n_groups, group, window))
+    starts, w, total = _window_groups(t, window, stride, at_once)
+    group = starts.shape[1]
+    idx = jnp.asarray(starts[..., None] + np.arange(window, dtype=np.int32))  # [n_groups, G, W]
 
     def one_group(acc, xs):
         ids, ws = xs  # [G, W]
@@ -75,10 +85,7 @@ def fused_window_attention(q, k, v, attend, *, window: int, stride: int, at_once
         return acc.at[:, flat].add(o.reshape(n, group * window, *o.shape[3:])), None
 
     acc = jnp.zeros(q.shape, jnp.float32)
-    acc, _ = jax.lax.scan(one_group, acc, (idx, w))
-    total = np.zeros(t, np.float32)
-    for s in window_starts(t, window, stride):
-        total[s : s + window] += window_weights(window)
+    acc, _ = jax.lax.scan(one_group, acc, (idx, jnp.asarray(w)))
     return (acc / jnp.asarray(total)[None, :, None, None]).astype(q.dtype)
 
 
@@ -91,14 +98,8 @@ def fused_window_map(one_window, out_shape, *, window: int, stride: int, at_once
     together (vmapped; 0 = all), the groups one after another in a `lax.scan`, so the working
     memory is that of `at_once` windows whatever T is. Returns float32 [N, T, ...]."""
     n, t = out_shape[:2]
-    starts = np.array(window_starts(t, window, stride), np.int32)
-    n_win = len(starts)
-    group = n_win if at_once <= 0 else min(int(at_once), n_win)
-    n_groups = -(-n_win // group)
-    pad = n_groups * group - n_win
-    w = np.tile(window_weights(window), (n_win, 1))
-    starts = np.concatenate([starts, np.full(pad, starts[-1], np.int32)])  # weigh 0
-    w = np.concatenate([w, np.zeros((pad, window), np.float32)])
+    starts, w, total = _window_groups(t, window, stride, at_once)
+    group = starts.shape[1]
     tail = (None,) * (len(out_shape) - 2)
 
     def one_group(acc, xs):
@@ -113,15 +114,5 @@ def fused_window_map(one_window, out_shape, *, window: int, stride: int, at_once
         return acc.at[:, idx].add(o), None
 
     acc = jnp.zeros(out_shape, jnp.float32)
-    acc, _ = jax.lax.scan(
-        one_group,
-        acc,
-        (
-            jnp.asarray(starts.reshape(n_groups, group)),
-            jnp.asarray(w.reshape(n_groups, group, window)),
-        ),
-    )
-    total = np.zeros(t, np.float32)
-    for s in window_starts(t, window, stride):
-        total[s : s + window] += window_weights(window)
+    acc, _ = jax.lax.scan(one_group, acc, (jnp.asarray(starts), jnp.asarray(w)))
     return acc / jnp.asarray(total)[None, :, *tail]
