@@ -39,7 +39,7 @@ toy-world: $(STAMP)
 	$(VPY) -m maestro_jax.toy.build
 
 test: $(TEST_STAMP)
-	$(VPY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=40 tests
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

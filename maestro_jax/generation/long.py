@@ -10,8 +10,8 @@ second), sampled in one DDIM scan over all frames:
   attention as in FreeNoise (the other layers see all frames: memory grows with the length);
   k >= 1: the whole UNet runs on k windows at a time and its predictions are fused (memory
   follows k, not the length; each frame is computed in window / stride windows);
-- the noise is rescheduled (`rescheduled_normal`), the initial noise and every DDIM step's:
-  frames past the first window repeat the first window's noise, shuffled within each
+- the noise is rescheduled (`frame_windows.rescheduled_normal`), the initial noise and every
+  DDIM step's: frames past the first window repeat the first window's noise, shuffled within each
   stride-sized chunk, so every window sees the same noise statistics and the windows agree on
   one scene;
 - every frame takes the audio tokens of the ImageBind 2 s clip under its time
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maestro_jax.audio.features import CLIP_DURATION
-from maestro_jax.nn.frame_windows import window_starts
+from maestro_jax.nn.frame_windows import rescheduled_normal, window_starts
 
 BASE_WINDOW_S = 4.0  # a default job's seconds: whole-audio videos keep its frame rate
 DURATION_TOLERANCE_S = 0.1  # stems of one job may differ in length by this much
@@ -134,25 +134,6 @@ def frame_tokens(tokens: jax.Array, frames: int, rate: float) -> jax.Array:
     its time. `build_contexts` with S = F then maps frame f to row f."""
     seg = np.minimum(frame_segments(frames, rate), tokens.shape[1] - 1)
     return jnp.asarray(tokens)[:, seg]
-
-
-def rescheduled_normal(key: jax.Array, shape: tuple[int, ...], window: int, stride: int):
-    """FreeNoise's noise rescheduling of one standard-normal draw of shape [B, F, ...] (`key`
-    may be traced: the same function draws x_T and every DDIM step's noise).
-
-    The first `window` frames equal `jax.random.normal(key, [B, window, ...])`, i.e. the draw
-    of a `window`-frame job; each later chunk of `stride` frames [i, i + stride) takes the noise
-    of frames [i - window, i - window + stride) in an order shuffled by (key, i)."""
-    frames = shape[1]
-    first = jax.random.normal(key, (shape[0], min(window, frames), *shape[2:]), jnp.float32)
-    if frames <= window:
-        return first
-    src = jnp.arange(window)  # frame -> the first-window frame its noise comes from
-    for i in range(window, frames, stride):
-        n = min(stride, frames - i)
-        perm = jax.random.permutation(jax.random.fold_in(key, i), n)
-        src = jnp.concatenate([src, src[i - window + perm]])
-    return first[:, src]
 
 
 def rescheduled_noise(

@@ -28,7 +28,6 @@ import numpy as np
 from maestro_jax import mosaic
 from maestro_jax.audio import encoder as ae
 from maestro_jax.diffusion import ddim_sample, ddim_timesteps
-from maestro_jax.generation.long import rescheduled_normal
 from maestro_jax.generation.models import (
     Models,
     ModelSpec,
@@ -38,7 +37,7 @@ from maestro_jax.generation.models import (
 )
 from maestro_jax.models.unet import UNet, UNetConfig
 from maestro_jax.models.vae import AutoencoderKL, VAEConfig, decode_latents
-from maestro_jax.nn.frame_windows import fused_window_map
+from maestro_jax.nn.frame_windows import fused_window_map, rescheduled_normal
 from maestro_jax.procfs import proc_kib
 
 MODES = ("maestro", "vanilla", "locate", "mosaic")
@@ -152,8 +151,8 @@ def _windowed_unet_fn(unet_config: UNetConfig, params: Any, fps: int, edit: Any)
 
 def step_noise_fn(unet_config: UNetConfig, frames: int) -> Callable | None:
     """The per-step noise draw of a video of `frames` frames: FreeNoise's rescheduled draws
-    (`long.rescheduled_normal`) when its UNet runs over windows and the video is longer than
-    one, else None (plain `jax.random.normal`)."""
+    (`frame_windows.rescheduled_normal`) when its UNet runs over windows and the video is longer
+    than one, else None (plain `jax.random.normal`)."""
     window = unet_config.temporal_window
     if not window or frames <= window:
         return None

@@ -10,7 +10,7 @@ With one window (at most `window` frames) this is plain attention over all frame
 memory grows with `at_once`, not with the number of windows; the layers around it still see
 every frame. `fused_window_map` applies the same windows and weights to a whole function of a
 window (the UNet, in `window_fusion='unet'`), so nothing in it sees more than `at_once`
-windows.
+windows. `rescheduled_normal` is FreeNoise's noise rescheduling over the same windows.
 """
 
 from __future__ import annotations
@@ -116,3 +116,22 @@ def fused_window_map(one_window, out_shape, *, window: int, stride: int, at_once
     acc = jnp.zeros(out_shape, jnp.float32)
     acc, _ = jax.lax.scan(one_group, acc, (jnp.asarray(starts), jnp.asarray(w)))
     return acc / jnp.asarray(total)[None, :, *tail]
+
+
+def rescheduled_normal(key: jax.Array, shape: tuple[int, ...], window: int, stride: int):
+    """FreeNoise's noise rescheduling of one standard-normal draw of shape [B, F, ...] (`key`
+    may be traced: the same function draws x_T and every DDIM step's noise).
+
+    The first `window` frames equal `jax.random.normal(key, [B, window, ...])`, i.e. the draw
+    of a `window`-frame job; each later chunk of `stride` frames [i, i + stride) takes the noise
+    of frames [i - window, i - window + stride) in an order shuffled by (key, i)."""
+    frames = shape[1]
+    first = jax.random.normal(key, (shape[0], min(window, frames), *shape[2:]), jnp.float32)
+    if frames <= window:
+        return first
+    src = jnp.arange(window)  # frame -> the first-window frame its noise comes from
+    for i in range(window, frames, stride):
+        n = min(stride, frames - i)
+        perm = jax.random.permutation(jax.random.fold_in(key, i), n)
+        src = jnp.concatenate([src, src[i - window + perm]])
+    return first[:, src]
