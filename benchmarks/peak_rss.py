@@ -9,7 +9,8 @@ Library code for `benchmarks/real_size.py` (it defines no flags, so tests import
   larger of `ru_maxrss` and the largest sample (a command stopped early, or run by `sh -c` that
   is killed before it waits for its child, still reports what it reached). Linux starts a
   child's `ru_maxrss` at the peak of the process that spawned it (the child shares its memory
-  until exec), so when `ru_maxrss` is no larger than this process's own peak it says nothing
+  until exec), so when `ru_maxrss` is no larger than this process's own peak (read after the
+  child ended, so growth of this process during the spawn counts too) it says nothing
   about the child and the samples alone count. With `max_rss_bytes`
   it kills the group when it passes that (so a command that would exhaust a shared machine is
   stopped first).
@@ -122,7 +123,6 @@ def run_measured(
     before = _files(watch) if watch is not None else {}
     log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     killed: list[int] = []
-    own_peak = proc_kib("/proc/self/status", "VmHWM") or 0
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -155,6 +155,9 @@ def run_measured(
             done.set()
             thread.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
+        # this process's peak after the child ended: at least what the child inherited, even
+        # when this process grew between a reading before the spawn and the spawn itself
+        own_peak = proc_kib("/proc/self/status", "VmHWM") or 0
     finally:
         if log is not subprocess.DEVNULL:
             log.close()

@@ -76,3 +76,27 @@ def test_peak_is_the_childs_own(peak_rss):
     small = peak_rss.run_measured("small", [sys.executable, "-c", "import time; time.sleep(0.5)"])
     assert 0 < small.peak_rss_bytes < 100_000_000
     del big
+
+
+def test_peak_is_the_childs_own_when_this_process_grows_during_the_spawn(peak_rss, monkeypatch):
+    """This process at its own peak, growing while it spawns (a test worker mid-run): the
+    child's inherited `ru_maxrss` still does not count as the child's."""
+    import subprocess
+
+    grown = []
+    real_popen = subprocess.Popen
+
+    from maestro_jax.procfs import proc_kib
+
+    def popen_after_growing(*args, **kwargs):
+        # a new peak for this process, 200 MB over its previous one, just before the spawn
+        rss, hwm = (proc_kib("/proc/self/status", k) for k in ("VmRSS", "VmHWM"))
+        extra = bytearray(hwm - rss + 200_000_000)
+        extra[::4096] = b"x" * len(extra[::4096])
+        grown.append(extra)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(peak_rss.subprocess, "Popen", popen_after_growing)
+    small = peak_rss.run_measured("small", [sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert grown and 0 < small.peak_rss_bytes < 100_000_000
+    del grown[:]
