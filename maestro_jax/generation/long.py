@@ -161,6 +161,12 @@ def seconds_to_positions(keyframes, frames: int, rate: float) -> list:
     return out
 
 
+def window_fusion(at_once: int) -> str:
+    """Where `long.windows_at_once` windows are fused: 'attention' for 0 (all at once), 'unet'
+    for k >= 1 (`UNetConfig.window_fusion`)."""
+    return "unet" if at_once >= 1 else "attention"
+
+
 def windowed_models(models, window: int, stride: int, at_once: int = 0):
     """`models` whose UNet runs over windows (the weights are shared): see `windowed_spec`."""
     return dataclasses.replace(models, spec=windowed_spec(models.spec, window, stride, at_once))
@@ -173,14 +179,11 @@ def windowed_spec(spec, window: int, stride: int, at_once: int = 0):
     (`window_fusion='attention'`), every other layer over all frames, so memory grows with the
     video's length. at_once k >= 1: the sampler runs the whole UNet on k windows at a time and
     fuses the predictions (`window_fusion='unet'`): memory follows k, not the length."""
-    at_once = int(at_once)
-    if at_once < 0:
-        raise ValueError(f"long.windows_at_once must be >= 0, got {at_once}")
     unet = spec.unet.replace(
         temporal_window=int(window),
         temporal_stride=int(stride),
-        windows_at_once=at_once,
-        window_fusion="unet" if at_once >= 1 else "attention",
+        windows_at_once=int(at_once),
+        window_fusion=window_fusion(int(at_once)),
     )
     return dataclasses.replace(spec, unet=unet)
 
@@ -195,18 +198,26 @@ def seam_frames(spec: LongSpec) -> np.ndarray:
 
 
 def prepare_long_job(models, stems, plan, cfg, options):
-    """(windowed models, `sampling.PreparedJob`) of a whole-audio plan: frame-aligned tokens,
-    the contexts and edits of all its frames, rescheduled noise."""
+    """(windowed models, `sampling.PreparedJob`) of a whole-audio plan (`prepare_long` with the
+    plan's geometry, boxes and seed and the config's `long.windows_at_once`)."""
+    at_once = long_options(cfg)["windows_at_once"]
+    return prepare_long(
+        models, stems, plan.long, plan.locate_boxes, plan.mosaic_boxes, plan.job.seed, cfg,
+        options, at_once,
+    )  # fmt: skip
+
+
+def prepare_long(models, stems, spec: LongSpec, locate_boxes, mosaic_boxes, seed, cfg, options,
+                 at_once: int = 0):  # fmt: skip
+    """(windowed models, `sampling.PreparedJob`) of a whole-audio job: frame-aligned tokens,
+    the contexts and edits of all its frames, rescheduled noise. `stems`: [(wave [C, n], sr)]."""
     from maestro_jax.audio import encoder as ae
     from maestro_jax.generation import sampling
 
-    spec = plan.long
-    mw = windowed_models(models, spec.window, spec.stride, long_options(cfg)["windows_at_once"])
+    mw = windowed_models(models, spec.window, spec.stride, at_once)
     tokens = ae.encode_stems(models.audio, stems, spec.segments * CLIP_DURATION, cfg.clip_rule)
     tokens = frame_tokens(tokens, spec.frames, spec.rate)
     vspec = sampling.VideoSpec(spec.frames, int(cfg.height), int(cfg.width))
-    job = sampling.prepare_job(
-        mw, tokens, plan.locate_boxes, plan.mosaic_boxes, vspec, plan.job.seed, options
-    )
-    job.x_T, job.key = rescheduled_noise(plan.job.seed, job.x_T.shape, spec.window, spec.stride)
+    job = sampling.prepare_job(mw, tokens, locate_boxes, mosaic_boxes, vspec, seed, options)
+    job.x_T, job.key = rescheduled_noise(seed, job.x_T.shape, spec.window, spec.stride)
     return mw, job

@@ -14,7 +14,7 @@ from maestro_jax.audio import layout, separation
 from maestro_jax.files import write_json
 from maestro_jax.generation import sampling
 from maestro_jax.generation.jobs import output_paths
-from maestro_jax.generation.long import long_options
+from maestro_jax.generation.long import long_options, window_fusion
 from maestro_jax.generation.plan import Plan, job_window
 
 
@@ -83,7 +83,7 @@ def _long_json(spec, cfg) -> dict:
         "stride": spec.stride,
         "window_starts": list(spec.starts),
         "windows_at_once": at_once,
-        "fusion": "unet" if at_once >= 1 else "attention",
+        "fusion": window_fusion(at_once),
     }
 
 

@@ -113,6 +113,9 @@ class UNetConfig(PresetConfig):
             v = getattr(self, f)
             if v is not None and v not in IMPLS:
                 raise ValueError(f"UNetConfig.{f}={v!r} is not one of {IMPLS}")
+        for f in ("temporal_window", "windows_at_once"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"UNetConfig.{f} must be >= 0, got {getattr(self, f)}")
         if self.window_fusion not in WINDOW_FUSIONS:
             raise ValueError(
                 f"UNetConfig.window_fusion={self.window_fusion!r} is not one of {WINDOW_FUSIONS}"

@@ -67,13 +67,9 @@ def generate(models, cfg, scene: lw.LongScene, method: str, boxes, stride: int) 
         frames = sampling.decode(models, lat, cfg.frame_chunk)
         return np.concatenate(list(frames), axis=0)
     spec = gl.long_spec([scene.stems.shape[1] / tw.SR], int(cfg.num_frames), stride, 600.0)
-    mw = gl.windowed_models(models, spec.window, spec.stride, 1 if method == "windows" else 0)
-    tok = gl.frame_tokens(
-        _tokens(models, cfg, scene.stems, spec.segments * 2.0), spec.frames, spec.rate
-    )
-    vspec = sampling.VideoSpec(spec.frames, int(cfg.height), int(cfg.width))
-    job = sampling.prepare_job(mw, tok, boxes, boxes, vspec, scene.seed, options)
-    job.x_T, job.key = gl.rescheduled_noise(scene.seed, job.x_T.shape, spec.window, spec.stride)
+    stems = [(s[None], tw.SR) for s in scene.stems]
+    at_once = 1 if method == "windows" else 0
+    mw, job = gl.prepare_long(models, stems, spec, boxes, boxes, scene.seed, cfg, options, at_once)
     lat = sampling.sample_maestro(mw, [job], settings)
     return sampling.decode(models, lat, cfg.frame_chunk)[0]
 
